@@ -1,0 +1,54 @@
+/*
+ * common.h - helpers shared by the command handlers (private to src/cmd).
+ *
+ * Layer: src/cmd.
+ */
+#ifndef TERN_CMD_COMMON_H
+#define TERN_CMD_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "imap_parse.h"
+#include "session.h"
+#include "uidset.h"
+
+/* The most UIDs one command resolves (a whole mailbox of 10 million). */
+#define CMD_UIDS_MAX 10000000
+
+/* UIDs collected from SEARCH or ESEARCH responses. */
+struct uid_list {
+    uint32_t *v;
+    size_t n, cap;
+    enum tern_status st;
+};
+
+void uid_list_free(struct uid_list *l);
+/* Untagged handler that collects "* SEARCH n..." and "* ESEARCH ... ALL set". */
+void uid_list_on_search(void *aux, const struct imap_response *r);
+void uid_list_sort(struct uid_list *l, int descending);
+
+/*
+ * Parses the UIDS word of a command. TERN_E_USAGE with a sentence naming it
+ * when it is not a set.
+ */
+enum tern_status cmd_parse_uids(struct tern_session *s, const char *word, struct uidset *out);
+
+/*
+ * Resolves SET against the selected folder with UID SEARCH UID (so ranges
+ * and '*' become the UIDs that exist). None existing is TERN_E_NOTFOUND
+ * naming FOLDER. The result is sorted ascending.
+ */
+enum tern_status cmd_resolve_uids(struct tern_session *s, const char *folder,
+                                  const struct uidset *set, struct uid_list *out);
+
+/* Appends a set of the UIDs in L (sorted or not) as raw text to A. */
+enum tern_status cmd_args_uids(struct imap_args *a, const struct uid_list *l);
+
+/* Emits {"uid":N} or {"uid":N,"folder":...}. */
+enum tern_status cmd_emit_uid(struct tern_session *s, uint32_t uid);
+
+/* Emits {"folder":NAME}. */
+enum tern_status cmd_emit_folder(struct tern_session *s, const char *name);
+
+#endif

@@ -1,0 +1,325 @@
+/*
+ * session.c - sessions: account, loop, lazily opened IMAP connection, and
+ * the public tern_session_* API (see include/tern.h and session.h).
+ *
+ * Layer: src/.
+ */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "account.h"
+#include "cmd/cmd.h"
+#include "mutf7.h"
+#include "session.h"
+
+enum tern_status
+tern_session_new(const struct tern_config *cfg, const char *account, struct tern_session **out,
+                 char **errmsg)
+{
+    *errmsg = NULL;
+    const struct tern_account *acct = config_account(cfg, account);
+    if (!acct) {
+        struct tbuf b;
+        tbuf_init(&b, 0);
+        tbuf_addf(&b, "no account '%s' in %s", account ? account : "(default)", cfg->path);
+        *errmsg = tbuf_take(&b);
+        return TERN_E_NOTFOUND;
+    }
+    struct tern_session *s = calloc(1, sizeof(*s));
+    if (!s)
+        return TERN_E_NOMEM;
+    s->cfg = cfg;
+    s->acct = acct;
+    s->loop = loop_new();
+    if (!s->loop) {
+        free(s);
+        return TERN_E_NOMEM;
+    }
+    tbuf_init(&s->out, 0);
+    *out = s;
+    return TERN_OK;
+}
+
+static void
+sess_drop_imap(struct tern_session *s)
+{
+    imap_free(s->imap);
+    s->imap = NULL;
+    free(s->selected);
+    s->selected = NULL;
+}
+
+void
+tern_session_free(struct tern_session *s)
+{
+    if (!s)
+        return;
+    sess_drop_imap(s);
+    loop_free(s->loop);
+    if (s->secret) {
+        explicit_bzero(s->secret, strlen(s->secret));
+        free(s->secret);
+    }
+    tern_err_clear(&s->err);
+    tbuf_free(&s->out);
+    free(s);
+}
+
+const char *
+tern_session_error(const struct tern_session *s)
+{
+    return tern_err_msg(&s->err);
+}
+
+enum tern_status
+sess_fail(struct tern_session *s, enum tern_status st, const char *fmt, ...)
+{
+    struct tbuf b;
+    tbuf_init(&b, 0);
+    va_list ap;
+    va_start(ap, fmt);
+    tbuf_vaddf(&b, fmt, ap);
+    va_end(ap);
+    tern_err_set(&s->err, st, "%s", tbuf_ptr(&b));
+    tbuf_free(&b);
+    return st;
+}
+
+static void
+sess_on_done(void *aux, enum tern_status st, const struct imap_response *r)
+{
+    struct sess_op *op = aux;
+    op->st = st;
+    if (r && op->on_tagged)
+        op->on_tagged(op, r);
+    op->done = true;
+}
+
+static void
+sess_on_open(void *aux, enum tern_status st, const struct imap_response *r)
+{
+    (void)r;
+    struct sess_op *op = aux;
+    op->st = st;
+    op->done = true;
+}
+
+void
+tern_session_set_trace(struct tern_session *s, tern_trace_fn fn, void *aux)
+{
+    s->trace = fn;
+    s->trace_aux = aux;
+}
+
+static void
+sess_trace(void *aux, bool sent, const char *line, size_t len)
+{
+    struct tern_session *s = aux;
+    if (s->trace)
+        s->trace(s->trace_aux, sent, line, len);
+}
+
+enum tern_status
+sess_imap(struct tern_session *s)
+{
+    if (s->imap && !imap_is_dead(s->imap))
+        return TERN_OK;
+    sess_drop_imap(s);
+    const struct tern_account *a = s->acct;
+    if (!a->imap)
+        return sess_fail(s, TERN_E_CONFIG, "account %s has no imap server configured", a->name);
+    if (!s->secret) {
+        enum tern_status st = account_password(a, &s->secret, &s->err);
+        if (st)
+            return st;
+    }
+    struct imap_opts o = {0};
+    o.host = a->imap->host;
+    o.port = a->imap->port;
+    if (a->imap->implicit_tls) {
+        if (a->tls == TERN_TLS_OFF)
+            return sess_fail(s, TERN_E_CONFIG,
+                             "account %s: tls = off applies only to imap:// URLs, not imaps://",
+                             a->name);
+        o.security = IMAP_SEC_IMPLICIT_TLS;
+    } else {
+        o.security = a->tls == TERN_TLS_OFF ? IMAP_SEC_NONE : IMAP_SEC_STARTTLS;
+    }
+    o.verify = a->tls == TERN_TLS_FINGERPRINT ? NET_VERIFY_FINGERPRINT : NET_VERIFY_CHAIN;
+    memcpy(o.fingerprint, a->fingerprint, sizeof(o.fingerprint));
+    o.ca_file = a->tls_ca_file;
+    o.user = a->imap->user ? a->imap->user : "";
+    o.secret = s->secret;
+    if (!sasl_mech_parse(a->auth, &o.mech))
+        return sess_fail(s, TERN_E_CONFIG, "account %s: unknown auth mechanism '%s'", a->name,
+                         a->auth);
+    o.timeout_ms = (a->timeout > 0 ? a->timeout : 30) * 1000;
+    o.compress = a->compress;
+    imap_limits_default(&o.limits);
+    if (s->trace) {
+        o.trace = sess_trace;
+        o.trace_aux = s;
+    }
+    enum tern_status st = imap_new(s->loop, &o, &s->err, &s->imap);
+    if (st)
+        return st;
+    struct sess_op op = {0};
+    st = imap_open(s->imap, sess_on_open, &op);
+    if (!st)
+        st = loop_run_until(s->loop, &op.done);
+    if (!st)
+        st = op.st;
+    if (st) {
+        sess_drop_imap(s);
+        return st;
+    }
+    return TERN_OK;
+}
+
+enum tern_status
+sess_submit(struct tern_session *s, const char *name, const struct imap_args *args,
+            imap_untagged_fn on_untagged, void *aux, struct sess_op *op)
+{
+    op->done = false;
+    op->st = TERN_OK;
+    enum tern_status st = imap_submit(s->imap, name, args, on_untagged, aux, sess_on_done, op);
+    if (st) {
+        op->done = true;
+        op->st = st;
+    }
+    return st;
+}
+
+enum tern_status
+sess_wait(struct tern_session *s, struct sess_op *ops, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        enum tern_status st = loop_run_until(s->loop, &ops[i].done);
+        if (st)
+            return sess_fail(s, st, "event loop failed");
+    }
+    for (size_t i = 0; i < n; i++)
+        if (ops[i].st)
+            return ops[i].st;
+    return TERN_OK;
+}
+
+enum tern_status
+sess_run(struct tern_session *s, const char *name, const struct imap_args *args,
+         imap_untagged_fn on_untagged, void *aux, struct sess_op *op)
+{
+    struct sess_op local = {0};
+    if (!op)
+        op = &local;
+    enum tern_status st = sess_submit(s, name, args, on_untagged, aux, op);
+    if (st)
+        return st;
+    return sess_wait(s, op, 1);
+}
+
+enum tern_status
+sess_arg_folder(struct tern_session *s, struct imap_args *a, const char *folder)
+{
+    if (strcasecmp(folder, "INBOX") == 0)
+        return imap_args_raw(a, "INBOX");
+    char *wire = NULL;
+    enum tern_status st = mutf7_encode(folder, strlen(folder), &wire);
+    if (st == TERN_E_USAGE)
+        return sess_fail(s, st, "folder name '%s' is not valid UTF-8", folder);
+    if (st)
+        return st;
+    st = imap_args_string(a, wire, strlen(wire));
+    free(wire);
+    return st;
+}
+
+/* The tagged NO of SELECT carries [NONEXISTENT] (RFC 5530) on most servers. */
+static void
+sess_on_select_tagged(struct sess_op *op, const struct imap_response *r)
+{
+    bool *missing = op->data;
+    if (r->cond != IMAP_COND_OK)
+        *missing = (r->code && strcmp(r->code, "NONEXISTENT") == 0) ||
+                   (!r->code && strcasestr(r->text, "exist"));
+}
+
+enum tern_status
+sess_select(struct tern_session *s, const char *folder, bool write)
+{
+    enum tern_status st = sess_imap(s);
+    if (st)
+        return st;
+    if (s->selected && strcmp(s->selected, folder) == 0 && (s->selected_rw || !write) &&
+        imap_mailbox(s->imap)->selected)
+        return TERN_OK;
+    free(s->selected);
+    s->selected = NULL;
+    struct imap_args a;
+    imap_args_init(&a);
+    st = imap_args_raw(&a, " ");
+    if (!st)
+        st = sess_arg_folder(s, &a, folder);
+    bool missing = false;
+    struct sess_op op = {.on_tagged = sess_on_select_tagged, .data = &missing};
+    if (!st)
+        st = sess_run(s, write ? "SELECT" : "EXAMINE", &a, NULL, NULL, &op);
+    imap_args_free(&a);
+    if (st == TERN_E_REFUSED)
+        return sess_fail(s, missing ? TERN_E_NOTFOUND : TERN_E_REFUSED, "cannot open folder '%s': %s",
+                         folder, tern_err_msg(&s->err));
+    if (st)
+        return st;
+    s->selected = strdup(folder);
+    s->selected_rw = write;
+    return s->selected ? TERN_OK : TERN_E_NOMEM;
+}
+
+void
+sess_obj_begin(struct tern_session *s, struct json *j)
+{
+    tbuf_reset(&s->out);
+    json_init(j, &s->out);
+}
+
+enum tern_status
+sess_obj_emit(struct tern_session *s, struct json *j)
+{
+    if (j->st)
+        return j->st;
+    if (s->emit)
+        s->emit(tbuf_ptr(&s->out), tbuf_len(&s->out), s->emit_aux);
+    return TERN_OK;
+}
+
+enum tern_status
+tern_session_run(struct tern_session *s, const char *line, tern_emit_fn emit, void *aux)
+{
+    tern_err_clear(&s->err);
+    s->emit = emit;
+    s->emit_aux = aux;
+    enum tern_status st = cmd_run(s, line);
+    if (st && !tern_err_msg(&s->err)[0])
+        tern_err_set(&s->err, st, "%s", tern_status_name(st));
+    return st;
+}
+
+static void
+sess_on_logout(void *aux, enum tern_status st, const struct imap_response *r)
+{
+    (void)st;
+    (void)r;
+    *(bool *)aux = true;
+}
+
+void
+tern_session_close(struct tern_session *s)
+{
+    if (!s->imap || imap_is_dead(s->imap))
+        return;
+    bool done = false;
+    if (imap_logout(s->imap, sess_on_logout, &done) == TERN_OK)
+        loop_run_until(s->loop, &done);
+    sess_drop_imap(s);
+}

@@ -1,0 +1,84 @@
+/*
+ * session.h - the core's view of one session: an account, its event loop,
+ * its IMAP connection (opened on first use), and the output of commands.
+ * Private to src/; front ends use the tern_session_* API of include/tern.h.
+ *
+ * Layer: src/.
+ */
+#ifndef TERN_SESSION_H
+#define TERN_SESSION_H
+
+#include <stdbool.h>
+
+#include "config.h"
+#include "err.h"
+#include "imap.h"
+#include "json.h"
+#include "loop.h"
+#include "tbuf.h"
+#include "tern.h"
+
+struct tern_session {
+    const struct tern_config *cfg; /* borrowed */
+    const struct tern_account *acct; /* borrowed from cfg */
+    struct loop *loop;
+    struct imap_conn *imap;
+    struct tern_err err;
+    char *secret;
+    char *selected;      /* the selected folder (UTF-8), NULL when none */
+    bool selected_rw;    /* SELECT (true) or EXAMINE */
+    tern_emit_fn emit;
+    void *emit_aux;
+    struct tbuf out;     /* the object being written */
+    tern_trace_fn trace;
+    void *trace_aux;
+};
+
+/*
+ * One IMAP command run to completion. ON_TAGGED (optional) sees the tagged
+ * reply before it is freed; DATA is the caller's.
+ */
+struct sess_op {
+    bool done;
+    enum tern_status st;
+    void (*on_tagged)(struct sess_op *op, const struct imap_response *r);
+    void *data;
+};
+
+/* Connects and logs in when not yet connected (or after a failure). */
+enum tern_status sess_imap(struct tern_session *s);
+
+/* Submits a command that completes into OP (OP must outlive it). */
+enum tern_status sess_submit(struct tern_session *s, const char *name,
+                             const struct imap_args *args, imap_untagged_fn on_untagged,
+                             void *aux, struct sess_op *op);
+
+/* Runs the loop until every one of the N ops is done; returns the first
+ * failure (the error slot holds its sentence). */
+enum tern_status sess_wait(struct tern_session *s, struct sess_op *ops, size_t n);
+
+/* Submits and waits for one command. */
+enum tern_status sess_run(struct tern_session *s, const char *name, const struct imap_args *args,
+                          imap_untagged_fn on_untagged, void *aux, struct sess_op *op);
+
+/*
+ * Selects FOLDER (UTF-8): SELECT when WRITE, EXAMINE otherwise; nothing
+ * when it is already selected that way. A folder the server does not know
+ * is TERN_E_NOTFOUND "no folder 'X'".
+ */
+enum tern_status sess_select(struct tern_session *s, const char *folder, bool write);
+
+/* Appends FOLDER (UTF-8) as a mailbox-name argument (modified UTF-7,
+ * RFC 3501 §5.1.3; INBOX in any case is INBOX). */
+enum tern_status sess_arg_folder(struct tern_session *s, struct imap_args *a, const char *folder);
+
+/* Starts a result object: returns the writer over s->out, emptied. */
+void sess_obj_begin(struct tern_session *s, struct json *j);
+/* Hands the finished object to the front end. */
+enum tern_status sess_obj_emit(struct tern_session *s, struct json *j);
+
+/* Sets the error sentence and returns ST. */
+enum tern_status sess_fail(struct tern_session *s, enum tern_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif

@@ -1,0 +1,55 @@
+/*
+ * summary.h - message summaries for `list` and `search`: from the items of
+ * an IMAP FETCH response (UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE) to
+ * the JSON object of DESIGN.md.
+ *
+ * Layer: src/.
+ */
+#ifndef TERN_SUMMARY_H
+#define TERN_SUMMARY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "imap_parse.h"
+#include "tbuf.h"
+#include "tern.h"
+
+/* The FETCH data items this module reads. */
+#define SUMMARY_FETCH_ITEMS "(UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE)"
+
+/* Thread roots from THREAD=REFERENCES (RFC 5256): uid -> root uid. */
+struct thread_map;
+
+enum tern_status thread_map_new(struct thread_map **out);
+void thread_map_free(struct thread_map *m);
+/* Adds the threads of one untagged THREAD response's items. */
+enum tern_status thread_map_add(struct thread_map *m, const struct imap_item *items);
+/* The root of UID's thread, or UID itself when unknown. */
+uint32_t thread_map_root(const struct thread_map *m, uint32_t uid);
+
+/* The value of data item NAME ("UID", "FLAGS", "BODY[]") in a FETCH list. */
+const struct imap_item *fetch_item(const struct imap_item *list, const char *name);
+
+/*
+ * Writes the summary object for FETCH items LIST (the parenthesised list
+ * after "n FETCH") into OUT (emptied first). FOLDER, when not NULL, adds the
+ * "folder" field (search results). TM may be NULL. *UID receives the UID.
+ * TERN_E_PROTO when the response lacks UID.
+ */
+enum tern_status summary_json(const struct imap_item *list, const struct thread_map *tm,
+                              const char *folder, struct tbuf *out, uint32_t *uid);
+
+/* Appends the flags of a FLAGS list as JSON array of names ("seen", ...). */
+struct json;
+void summary_flags_json(struct json *j, const struct imap_item *flags);
+
+/* "+seen" -> "\\Seen"; keywords unchanged. NULL when NAME is not a valid
+ * flag (empty, or with atom-specials). Borrowed static or NAME itself. */
+const char *summary_flag_wire(const char *name);
+
+/* Converts an IMAP date-time ("17-Jul-1996 02:44:25 -0700") or an RFC 5322
+ * date to ISO 8601 with offset. Owned; NULL when unparseable. */
+char *summary_iso_date(const char *s, size_t len, int imap_format);
+
+#endif
