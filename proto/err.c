@@ -44,13 +44,14 @@ scrub(char *s)
     }
 }
 
+static void err_vset(struct tern_err *err, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+
 static void
-err_vset(struct tern_err *err, const char *prefix, const char *fmt, va_list ap)
+err_vset(struct tern_err *err, const char *fmt, va_list ap)
 {
     struct tbuf b;
     tbuf_init(&b, 0);
-    if (prefix)
-        tbuf_adds(&b, prefix);
     tbuf_vaddf(&b, fmt, ap);
     char *msg = tbuf_take(&b);
     if (!msg)
@@ -67,7 +68,7 @@ tern_err_set(struct tern_err *err, enum tern_status st, const char *fmt, ...)
         return st;
     va_list ap;
     va_start(ap, fmt);
-    err_vset(err, NULL, fmt, ap);
+    err_vset(err, fmt, ap);
     va_end(ap);
     return st;
 }
