@@ -552,12 +552,9 @@ imap_on_continuation(struct imap_conn *c, const struct imap_response *r)
 static void
 imap_dispatch_untagged(struct imap_conn *c, const struct imap_response *r)
 {
-    for (struct imap_cmd *i = c->inflight; i; i = i->next) {
-        if (i->on_untagged) {
-            i->on_untagged(i->untagged_aux, r);
+    for (struct imap_cmd *i = c->inflight; i; i = i->next)
+        if (i->on_untagged && i->on_untagged(i->untagged_aux, r))
             return;
-        }
-    }
     if (c->default_fn)
         c->default_fn(c->default_aux, r);
 }
@@ -711,10 +708,11 @@ imap_setup_submit(struct imap_conn *c, enum imap_cmd_kind kind, const char *name
         imap_pump(c);
 }
 
-static void
+static bool
 imap_on_namespace(void *aux, const struct imap_response *r)
 {
     struct imap_conn *c = aux;
+    bool mine = r->name && (strcmp(r->name, "NAMESPACE") == 0 || strcmp(r->name, "LIST") == 0);
     /* * NAMESPACE (("" "/")) NIL NIL  (RFC 2342 §5) */
     if (r->name && strcmp(r->name, "NAMESPACE") == 0 && r->items &&
         r->items->type == IMAP_ITEM_LIST && r->items->child &&
@@ -728,6 +726,7 @@ imap_on_namespace(void *aux, const struct imap_response *r)
         if (s && s[0])
             c->delimiter = s[0];
     }
+    return mine;
 }
 
 static void

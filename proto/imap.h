@@ -80,9 +80,14 @@ struct imap_conn;
  * connection's error. TAGGED is NULL when the connection failed. */
 typedef void (*imap_done_fn)(void *aux, enum tern_status st, const struct imap_response *tagged);
 
-/* Called for each untagged response that arrives while the command is the
- * oldest one in flight with a handler. */
-typedef void (*imap_untagged_fn)(void *aux, const struct imap_response *r);
+/*
+ * Offered each untagged response that arrives while the command is in
+ * flight, oldest command first; returns true when the response is the
+ * command's own (it is then offered to no one else). Servers may run
+ * pipelined commands concurrently (RFC 9051 §5.5), so a handler claims only
+ * what it can tell is its own (a FETCH for one of its UIDs, say).
+ */
+typedef bool (*imap_untagged_fn)(void *aux, const struct imap_response *r);
 
 enum tern_status imap_new(struct loop *loop, const struct imap_opts *opts, struct tern_err *err,
                           struct imap_conn **out);

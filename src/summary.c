@@ -15,133 +15,6 @@
 #include "mime.h"
 #include "summary.h"
 
-/* ---- thread map: open addressing, uid 0 marks an empty slot ---- */
-
-struct thread_map {
-    uint32_t *keys, *vals;
-    size_t cap, n;
-};
-
-enum tern_status
-thread_map_new(struct thread_map **out)
-{
-    struct thread_map *m = calloc(1, sizeof(*m));
-    if (!m)
-        return TERN_E_NOMEM;
-    *out = m;
-    return TERN_OK;
-}
-
-void
-thread_map_free(struct thread_map *m)
-{
-    if (!m)
-        return;
-    free(m->keys);
-    free(m->vals);
-    free(m);
-}
-
-static size_t
-tm_slot(const struct thread_map *m, uint32_t uid)
-{
-    size_t i = (uid * 2654435761u) & (m->cap - 1);
-    while (m->keys[i] && m->keys[i] != uid)
-        i = (i + 1) & (m->cap - 1);
-    return i;
-}
-
-static enum tern_status
-tm_put(struct thread_map *m, uint32_t uid, uint32_t root)
-{
-    if ((m->n + 1) * 2 > m->cap) {
-        size_t cap = m->cap ? m->cap * 2 : 1024;
-        struct thread_map bigger = {calloc(cap, 4), calloc(cap, 4), cap, 0};
-        if (!bigger.keys || !bigger.vals) {
-            free(bigger.keys);
-            free(bigger.vals);
-            return TERN_E_NOMEM;
-        }
-        for (size_t i = 0; i < m->cap; i++) {
-            if (m->keys[i]) {
-                size_t j = tm_slot(&bigger, m->keys[i]);
-                bigger.keys[j] = m->keys[i];
-                bigger.vals[j] = m->vals[i];
-                bigger.n++;
-            }
-        }
-        free(m->keys);
-        free(m->vals);
-        *m = bigger;
-    }
-    size_t i = tm_slot(m, uid);
-    if (!m->keys[i])
-        m->n++;
-    m->keys[i] = uid;
-    m->vals[i] = root;
-    return TERN_OK;
-}
-
-uint32_t
-thread_map_root(const struct thread_map *m, uint32_t uid)
-{
-    if (!m || !m->cap)
-        return uid;
-    size_t i = tm_slot(m, uid);
-    return m->keys[i] ? m->vals[i] : uid;
-}
-
-/* The first number in depth-first order under IT (0 when none). Iterative
- * over siblings; nesting is bounded by the parser's depth limit. */
-static uint32_t
-first_number(const struct imap_item *it)
-{
-    for (; it; it = it->next) {
-        if (it->type == IMAP_ITEM_ATOM && it->is_number && it->num && it->num <= UINT32_MAX)
-            return (uint32_t)it->num;
-        if (it->type == IMAP_ITEM_LIST) {
-            uint32_t n = first_number(it->child);
-            if (n)
-                return n;
-        }
-    }
-    return 0;
-}
-
-static enum tern_status
-assign_root(struct thread_map *m, const struct imap_item *it, uint32_t root)
-{
-    for (; it; it = it->next) {
-        if (it->type == IMAP_ITEM_ATOM && it->is_number && it->num && it->num <= UINT32_MAX) {
-            enum tern_status st = tm_put(m, (uint32_t)it->num, root);
-            if (st)
-                return st;
-        } else if (it->type == IMAP_ITEM_LIST) {
-            enum tern_status st = assign_root(m, it->child, root);
-            if (st)
-                return st;
-        }
-    }
-    return TERN_OK;
-}
-
-enum tern_status
-thread_map_add(struct thread_map *m, const struct imap_item *items)
-{
-    /* RFC 5256 §4: each top-level list is one thread. */
-    for (const struct imap_item *t = items; t; t = t->next) {
-        if (t->type != IMAP_ITEM_LIST)
-            continue;
-        uint32_t root = first_number(t->child);
-        if (!root)
-            continue;
-        enum tern_status st = assign_root(m, t->child, root);
-        if (st)
-            return st;
-    }
-    return TERN_OK;
-}
-
 /* ---- FETCH items ---- */
 
 const struct imap_item *
@@ -320,9 +193,33 @@ json_envelope_addr(struct json *j, const char *key, const struct imap_item *list
     tbuf_free(&b);
 }
 
+/* The first "<id>" in P (LEN bytes), without brackets; false when none. */
+static bool
+first_msgid(const char *p, size_t len, const char **id, size_t *idlen)
+{
+    const char *lt = memchr(p, '<', len);
+    if (!lt)
+        return false;
+    const char *gt = memchr(lt, '>', len - (size_t)(lt - p));
+    if (!gt || gt == lt + 1)
+        return false;
+    *id = lt + 1;
+    *idlen = (size_t)(gt - lt - 1);
+    return true;
+}
+
+/* Message-ID text without surrounding blanks and brackets. */
+static void
+strip_msgid(const char **p, size_t *n)
+{
+    while (*n && (**p == ' ' || **p == '<'))
+        (*p)++, (*n)--;
+    while (*n && ((*p)[*n - 1] == ' ' || (*p)[*n - 1] == '>'))
+        (*n)--;
+}
+
 enum tern_status
-summary_json(const struct imap_item *list, const struct thread_map *tm, const char *folder,
-             struct tbuf *out, uint32_t *uid)
+summary_json(const struct imap_item *list, const char *folder, struct tbuf *out, uint32_t *uid)
 {
     const struct imap_item *it_uid = fetch_item(list, "UID");
     if (!it_uid || !it_uid->is_number || !it_uid->num || it_uid->num > UINT32_MAX)
@@ -377,21 +274,31 @@ summary_json(const struct imap_item *list, const struct thread_map *tm, const ch
 
     const struct imap_item *mid = imap_item_nth(e, 9);
     json_key(&j, "message_id");
+    const char *own = NULL;
+    size_t ownlen = 0;
     if (imap_item_str(mid)) {
-        const char *p = mid->str;
-        size_t n = mid->len;
-        while (n && (*p == ' ' || *p == '<'))
-            p++, n--;
-        while (n && (p[n - 1] == ' ' || p[n - 1] == '>'))
-            n--;
-        json_net_str(&j, p, n, false);
+        own = mid->str;
+        ownlen = mid->len;
+        strip_msgid(&own, &ownlen);
+        json_net_str(&j, own, ownlen, false);
     } else {
         json_null(&j);
     }
-    char tid[16];
-    snprintf(tid, sizeof(tid), "%u", thread_map_root(tm, *uid));
+
+    const char *root = NULL;
+    size_t rootlen = 0;
+    const struct imap_item *refs = fetch_item(list, SUMMARY_REFS_ITEM);
+    const struct imap_item *irt = imap_item_nth(e, 8);
+    if (!(imap_item_str(refs) && first_msgid(refs->str, refs->len, &root, &rootlen)) &&
+        !(imap_item_str(irt) && first_msgid(irt->str, irt->len, &root, &rootlen))) {
+        root = own;
+        rootlen = ownlen;
+    }
     json_key(&j, "thread");
-    json_cstr(&j, tid);
+    if (root && rootlen)
+        json_net_str(&j, root, rootlen, false);
+    else
+        json_null(&j);
     json_obj_end(&j);
     return j.st;
 }

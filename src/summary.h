@@ -16,17 +16,9 @@
 #include "tern.h"
 
 /* The FETCH data items this module reads. */
-#define SUMMARY_FETCH_ITEMS "(UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE)"
-
-/* Thread roots from THREAD=REFERENCES (RFC 5256): uid -> root uid. */
-struct thread_map;
-
-enum tern_status thread_map_new(struct thread_map **out);
-void thread_map_free(struct thread_map *m);
-/* Adds the threads of one untagged THREAD response's items. */
-enum tern_status thread_map_add(struct thread_map *m, const struct imap_item *items);
-/* The root of UID's thread, or UID itself when unknown. */
-uint32_t thread_map_root(const struct thread_map *m, uint32_t uid);
+#define SUMMARY_REFS_ITEM "BODY[HEADER.FIELDS (REFERENCES)]"
+#define SUMMARY_FETCH_ITEMS \
+    "(UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE BODY.PEEK[HEADER.FIELDS (REFERENCES)])"
 
 /* The value of data item NAME ("UID", "FLAGS", "BODY[]") in a FETCH list. */
 const struct imap_item *fetch_item(const struct imap_item *list, const char *name);
@@ -34,11 +26,17 @@ const struct imap_item *fetch_item(const struct imap_item *list, const char *nam
 /*
  * Writes the summary object for FETCH items LIST (the parenthesised list
  * after "n FETCH") into OUT (emptied first). FOLDER, when not NULL, adds the
- * "folder" field (search results). TM may be NULL. *UID receives the UID.
- * TERN_E_PROTO when the response lacks UID.
+ * "folder" field (search results). *UID receives the UID. TERN_E_PROTO when
+ * the response lacks UID.
+ *
+ * "thread" is the Message-ID of the thread's root, without brackets: the
+ * first entry of References (RFC 5322 §3.6.4 makes it the root), else
+ * In-Reply-To, else the message's own Message-ID; null when it has none.
+ * It needs no other message, so it is the same whatever part of the folder
+ * is listed.
  */
-enum tern_status summary_json(const struct imap_item *list, const struct thread_map *tm,
-                              const char *folder, struct tbuf *out, uint32_t *uid);
+enum tern_status summary_json(const struct imap_item *list, const char *folder, struct tbuf *out,
+                              uint32_t *uid);
 
 /* Appends the flags of a FLAGS list as JSON array of names ("seen", ...). */
 struct json;

@@ -24,23 +24,27 @@ struct flag_row {
 
 struct flag_run {
     struct tern_session *s;
+    const struct uid_list *uids; /* sorted ascending */
     struct flag_row *v;
     size_t n, cap;
     struct tbuf scratch;
     enum tern_status st;
 };
 
-static void
+static bool
 flag_on_fetch(void *aux, const struct imap_response *r)
 {
     struct flag_run *fr = aux;
-    if (fr->st || !r->name || strcmp(r->name, "FETCH") != 0 || !r->items ||
+    if (!r->name || strcmp(r->name, "FETCH") != 0 || !r->items ||
         r->items->type != IMAP_ITEM_LIST)
-        return;
+        return false;
     const struct imap_item *uid = fetch_item(r->items->child, "UID");
     const struct imap_item *flags = fetch_item(r->items->child, "FLAGS");
-    if (!uid || !uid->is_number || !flags || flags->type != IMAP_ITEM_LIST)
-        return;
+    if (!uid || !uid->is_number || uid->num > UINT32_MAX || !flags ||
+        flags->type != IMAP_ITEM_LIST || !uid_list_has(fr->uids, (uint32_t)uid->num))
+        return false;
+    if (fr->st)
+        return true;
     tbuf_reset(&fr->scratch);
     struct json j;
     json_init(&j, &fr->scratch);
@@ -52,14 +56,14 @@ flag_on_fetch(void *aux, const struct imap_response *r)
     json_obj_end(&j);
     if (j.st) {
         fr->st = j.st;
-        return;
+        return true;
     }
     /* A later FETCH of the same message replaces the earlier one. */
     for (size_t i = 0; i < fr->n; i++) {
         if (fr->v[i].uid == uid->num) {
             free(fr->v[i].json);
             fr->v[i].json = tbuf_take(&fr->scratch);
-            return;
+            return true;
         }
     }
     if (fr->n == fr->cap) {
@@ -67,7 +71,7 @@ flag_on_fetch(void *aux, const struct imap_response *r)
         struct flag_row *v = realloc(fr->v, cap * sizeof(*v));
         if (!v) {
             fr->st = TERN_E_NOMEM;
-            return;
+            return true;
         }
         fr->v = v;
         fr->cap = cap;
@@ -75,6 +79,7 @@ flag_on_fetch(void *aux, const struct imap_response *r)
     fr->v[fr->n].uid = (uint32_t)uid->num;
     fr->v[fr->n].json = tbuf_take(&fr->scratch);
     fr->n++;
+    return true;
 }
 
 static int
@@ -129,9 +134,9 @@ cmd_flag(struct tern_session *s, const struct cmd_words *w, const char *line)
     if (!st)
         st = cmd_resolve_uids(s, folder, &set, &uids);
     uidset_free(&set);
-    struct flag_run fr = {.s = s};
+    struct flag_run fr = {.s = s, .uids = &uids};
     tbuf_init(&fr.scratch, 0);
-    struct sess_op ops[3];
+    struct sess_op ops[3] = {{0}};
     size_t nops = 0;
     for (int k = 0; k < 3 && !st; k++) {
         if ((k == 0 && !nadd) || (k == 1 && !ndel))
@@ -181,21 +186,21 @@ struct copy_map {
 };
 
 /* Reads [COPYUID uidvalidity src dst] (RFC 4315 §3) into MAP. */
-static void
+static bool
 copyuid_parse(struct copy_map *map, const struct imap_response *r)
 {
     if (!r->code || strcmp(r->code, "COPYUID") != 0)
-        return;
+        return false;
     const struct imap_item *srcs = imap_item_nth(r->code_args, 1);
     const struct imap_item *dsts = imap_item_nth(r->code_args, 2);
     if (!imap_item_str(srcs) || !imap_item_str(dsts))
-        return;
+        return true;
     struct uidset a, b;
     if (uidset_parse(srcs->str, srcs->len, CMD_UIDS_MAX, &a))
-        return;
+        return true;
     if (uidset_parse(dsts->str, dsts->len, CMD_UIDS_MAX, &b)) {
         uidset_free(&a);
-        return;
+        return true;
     }
     uint32_t *va = NULL, *vb = NULL;
     size_t na = 0, nb = 0;
@@ -216,14 +221,14 @@ copyuid_parse(struct copy_map *map, const struct imap_response *r)
     free(vb);
     uidset_free(&a);
     uidset_free(&b);
+    return true;
 }
 
-static void
+static bool
 copy_on_untagged(void *aux, const struct imap_response *r)
 {
     /* MOVE sends COPYUID in an untagged OK before the expunges (RFC 6851 §4.3). */
-    if (r->cond == IMAP_COND_OK)
-        copyuid_parse(aux, r);
+    return r->cond == IMAP_COND_OK && copyuid_parse(aux, r);
 }
 
 static void

@@ -38,21 +38,21 @@ uid_list_push(struct uid_list *l, uint64_t uid)
     l->v[l->n++] = (uint32_t)uid;
 }
 
-void
+bool
 uid_list_on_search(void *aux, const struct imap_response *r)
 {
     struct uid_list *l = aux;
     if (!r->name)
-        return;
+        return false;
     if (strcmp(r->name, "SEARCH") == 0) {
         /* RFC 3501 §7.2.5; CONDSTORE may append "(MODSEQ n)". */
         for (const struct imap_item *it = r->items; it; it = it->next)
             if (it->type == IMAP_ITEM_ATOM && it->is_number)
                 uid_list_push(l, it->num);
-        return;
+        return true;
     }
     if (strcmp(r->name, "ESEARCH") != 0)
-        return;
+        return false;
     /* RFC 4731: * ESEARCH (TAG "T1") UID ALL 1:3,5 */
     for (const struct imap_item *it = r->items; it; it = it->next) {
         if (!imap_item_is(it, "ALL") || !it->next)
@@ -63,7 +63,7 @@ uid_list_on_search(void *aux, const struct imap_response *r)
         struct uidset us;
         if (uidset_parse(set, it->next->len, CMD_UIDS_MAX, &us)) {
             l->st = TERN_E_PROTO;
-            return;
+            return true;
         }
         uint32_t *v = NULL;
         size_t n = 0;
@@ -76,6 +76,7 @@ uid_list_on_search(void *aux, const struct imap_response *r)
         }
         uidset_free(&us);
     }
+    return true;
 }
 
 static int
@@ -163,6 +164,22 @@ cmd_resolve_uids(struct tern_session *s, const char *folder, const struct uidset
         uid_list_free(out);
     }
     return st;
+}
+
+bool
+uid_list_has(const struct uid_list *l, uint32_t uid)
+{
+    size_t lo = 0, hi = l->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (l->v[mid] == uid)
+            return true;
+        if (l->v[mid] < uid)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return false;
 }
 
 enum tern_status

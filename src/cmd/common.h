@@ -6,6 +6,7 @@
 #ifndef TERN_CMD_COMMON_H
 #define TERN_CMD_COMMON_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -25,8 +26,10 @@ struct uid_list {
 
 void uid_list_free(struct uid_list *l);
 /* Untagged handler that collects "* SEARCH n..." and "* ESEARCH ... ALL set". */
-void uid_list_on_search(void *aux, const struct imap_response *r);
+bool uid_list_on_search(void *aux, const struct imap_response *r);
 void uid_list_sort(struct uid_list *l, int descending);
+/* Whether UID is in L, which must be sorted ascending. */
+bool uid_list_has(const struct uid_list *l, uint32_t uid);
 
 /*
  * Parses the UIDS word of a command. TERN_E_USAGE with a sentence naming it

@@ -132,16 +132,19 @@ folder_on_status(struct folder_list *fl, const struct imap_response *r)
     }
 }
 
-static void
+static bool
 folder_on_untagged(void *aux, const struct imap_response *r)
 {
     struct folder_list *fl = aux;
     if (!r->name)
-        return;
+        return false;
     if (strcmp(r->name, "LIST") == 0 || strcmp(r->name, "LSUB") == 0)
         folder_on_list(fl, r);
     else if (strcmp(r->name, "STATUS") == 0)
         folder_on_status(fl, r);
+    else
+        return false;
+    return true;
 }
 
 static int

@@ -38,6 +38,11 @@ struct summary_row {
 struct list_chunk {
     struct list_run *run;
     struct sess_op op;
+    /* What the chunk asked for: sequence numbers LO..HI, or the UIDS slice
+     * (sorted descending). */
+    uint32_t lo, hi;
+    const uint32_t *uids;
+    size_t nuids;
     struct summary_row *rows;
     size_t n, cap;
 };
@@ -45,34 +50,55 @@ struct list_chunk {
 struct list_run {
     struct tern_session *s;
     const char *folder_field; /* "folder" value for search, or NULL */
-    struct thread_map *threads;
     struct tbuf scratch;
     enum tern_status st;
 };
 
-static void
+/* Whether UID is in the descending slice V of N. */
+static bool
+desc_has(const uint32_t *v, size_t n, uint32_t uid)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (v[mid] == uid)
+            return true;
+        if (v[mid] > uid)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return false;
+}
+
+static bool
 chunk_on_fetch(void *aux, const struct imap_response *r)
 {
     struct list_chunk *ch = aux;
     struct list_run *run = ch->run;
-    if (run->st || !r->name || strcmp(r->name, "FETCH") != 0 || !r->items ||
-        r->items->type != IMAP_ITEM_LIST)
-        return;
+    if (!r->name || strcmp(r->name, "FETCH") != 0 || !r->items ||
+        r->items->type != IMAP_ITEM_LIST || !fetch_item(r->items->child, "ENVELOPE"))
+        return false; /* e.g. an unsolicited flag change */
+    const struct imap_item *uidit = fetch_item(r->items->child, "UID");
+    if (!uidit || !uidit->is_number || uidit->num > UINT32_MAX)
+        return false;
+    if (ch->uids ? !desc_has(ch->uids, ch->nuids, (uint32_t)uidit->num)
+                 : (r->number < ch->lo || r->number > ch->hi))
+        return false; /* another chunk's, run concurrently by the server */
+    if (run->st)
+        return true;
     uint32_t uid = 0;
-    enum tern_status st = summary_json(r->items->child, run->threads, run->folder_field,
-                                       &run->scratch, &uid);
-    if (st == TERN_E_PROTO)
-        return; /* an unsolicited FETCH (flag change) without UID */
+    enum tern_status st = summary_json(r->items->child, run->folder_field, &run->scratch, &uid);
     if (st) {
         run->st = st;
-        return;
+        return true;
     }
     if (ch->n == ch->cap) {
         size_t cap = ch->cap ? ch->cap * 2 : 64;
         struct summary_row *v = realloc(ch->rows, cap * sizeof(*v));
         if (!v) {
             run->st = TERN_E_NOMEM;
-            return;
+            return true;
         }
         ch->rows = v;
         ch->cap = cap;
@@ -83,9 +109,10 @@ chunk_on_fetch(void *aux, const struct imap_response *r)
     row->uid = uid;
     if (!row->json) {
         run->st = TERN_E_NOMEM;
-        return;
+        return true;
     }
     ch->n++;
+    return true;
 }
 
 static int
@@ -122,14 +149,6 @@ chunk_emit(struct list_chunk *ch)
     chunk_free_rows(ch);
 }
 
-static void
-on_thread(void *aux, const struct imap_response *r)
-{
-    struct list_run *run = aux;
-    if (r->name && strcmp(r->name, "THREAD") == 0 && run->threads)
-        thread_map_add(run->threads, r->items);
-}
-
 /*
  * Fetches and writes the summaries of the messages given either as
  * sequence ranges from TOP down (UIDS NULL, COUNT messages) or as the UIDs
@@ -146,17 +165,6 @@ list_fetch(struct list_run *run, uint32_t top, uint32_t count, const struct uid_
     memset(ring, 0, sizeof(ring));
     size_t next = 0, done = 0;
 
-    /* Thread roots over the whole folder, pipelined ahead of the chunks. */
-    struct sess_op thread_op = {.done = true};
-    if (total && imap_has_cap(s->imap, "THREAD=REFERENCES") &&
-        thread_map_new(&run->threads) == TERN_OK) {
-        struct imap_args a;
-        imap_args_init(&a);
-        if (!imap_args_raw(&a, " REFERENCES UTF-8 ALL"))
-            sess_submit(s, "UID THREAD", &a, on_thread, run, &thread_op);
-        imap_args_free(&a);
-    }
-
     while (done < nchunks && !st) {
         while (next < nchunks && next - done < LIST_AHEAD && !st) {
             struct list_chunk *ch = &ring[next % LIST_AHEAD];
@@ -169,14 +177,16 @@ list_fetch(struct list_run *run, uint32_t top, uint32_t count, const struct uid_
             const char *name;
             if (uids) {
                 struct uid_list part = {.v = uids->v + first, .n = n};
+                ch->uids = part.v;
+                ch->nuids = n;
                 st = imap_args_raw(&a, " ");
                 if (!st)
                     st = cmd_args_uids(&a, &part);
                 name = "UID FETCH";
             } else {
-                uint32_t hi = top - (uint32_t)first;
-                uint32_t lo = hi - (uint32_t)n + 1;
-                st = imap_args_raw(&a, " %u:%u", lo, hi);
+                ch->hi = top - (uint32_t)first;
+                ch->lo = ch->hi - (uint32_t)n + 1;
+                st = imap_args_raw(&a, " %u:%u", ch->lo, ch->hi);
                 name = "FETCH";
             }
             if (!st)
@@ -186,8 +196,6 @@ list_fetch(struct list_run *run, uint32_t top, uint32_t count, const struct uid_
             imap_args_free(&a);
             next++;
         }
-        if (!st && !thread_op.done)
-            st = sess_wait(s, &thread_op, 1);
         if (st)
             break;
         struct list_chunk *ch = &ring[done % LIST_AHEAD];
@@ -205,8 +213,6 @@ list_fetch(struct list_run *run, uint32_t top, uint32_t count, const struct uid_
     }
     for (size_t i = 0; i < LIST_AHEAD; i++)
         chunk_free_rows(&ring[i]);
-    if (!thread_op.done)
-        sess_wait(s, &thread_op, 1);
     return st;
 }
 
@@ -277,7 +283,6 @@ list_or_search(struct tern_session *s, const char *folder, const char *query, si
         uint32_t count = limit >= 0 && (uint32_t)limit < exists ? (uint32_t)limit : exists;
         st = list_fetch(&run, exists, count, NULL);
     }
-    thread_map_free(run.threads);
     tbuf_free(&run.scratch);
     if (st == TERN_E_NOMEM)
         sess_fail(s, st, "out of memory");
@@ -352,6 +357,7 @@ cmd_search(struct tern_session *s, const struct cmd_words *w, const char *line)
 /* ---- show and save: the raw message, in memory or in a temporary file ---- */
 
 struct raw_msg {
+    uint32_t uid;
     bool found;
     const char *mem; /* while inside the handler only */
     size_t len;
@@ -404,17 +410,17 @@ sink_close(void *aux, void *stream, bool ok)
     (void)ok;
 }
 
-static void
+static bool
 raw_on_fetch(void *aux, const struct imap_response *r)
 {
     struct raw_msg *m = aux;
-    if (m->found || !r->name || strcmp(r->name, "FETCH") != 0 || !r->items ||
+    if (!r->name || strcmp(r->name, "FETCH") != 0 || !r->items ||
         r->items->type != IMAP_ITEM_LIST)
-        return;
+        return false;
     const struct imap_item *uid = fetch_item(r->items->child, "UID");
     const struct imap_item *body = fetch_item(r->items->child, "BODY[]");
-    if (!uid || !uid->is_number || !body)
-        return;
+    if (!uid || !uid->is_number || uid->num != m->uid || !body || m->found)
+        return false;
     m->found = true;
     if (body->type == IMAP_ITEM_STRING) {
         m->mem = body->str;
@@ -424,7 +430,7 @@ raw_on_fetch(void *aux, const struct imap_response *r)
         m->len = body->size;
         if (lseek(m->fd, 0, SEEK_SET) < 0) {
             m->st = TERN_E_IO;
-            return;
+            return true;
         }
     } else {
         m->mem = "";
@@ -432,6 +438,7 @@ raw_on_fetch(void *aux, const struct imap_response *r)
     }
     m->st = m->use(m, (uint32_t)uid->num);
     m->mem = NULL;
+    return true;
 }
 
 /* Fetches BODY.PEEK[] of UID in FOLDER and calls M->use inside the handler. */
@@ -448,6 +455,7 @@ fetch_raw(struct tern_session *s, const char *folder, const char *uidword, struc
         return st;
     m->fd = -1;
     m->s = s;
+    m->uid = (uint32_t)uid;
     struct imap_literal_sink sink = {sink_open, sink_write, sink_close, m};
     imap_set_literal_sink(s->imap, &sink);
     struct imap_args a;
