@@ -239,7 +239,7 @@ tls_error_text(char *buf, size_t cap)
 {
     unsigned long e = ERR_get_error();
     if (!e) {
-        snprintf(buf, cap, "handshake failed");
+        snprintf(buf, cap, "%s", errno ? strerror(errno) : "no details from OpenSSL");
         return;
     }
     ERR_error_string_n(e, buf, cap);
@@ -409,6 +409,12 @@ net_read_raw(struct net_conn *c, char *buf, size_t cap, size_t *got)
             ERR_clear_error();
             return tern_err_set(c->err, TERN_E_IO, "connection closed by the server");
         }
+        if (e == SSL_ERROR_SYSCALL) {
+            int saved = errno;
+            ERR_clear_error();
+            return tern_err_set(c->err, TERN_E_IO, "read from %s failed: %s", c->opts.host,
+                                strerror(saved));
+        }
         char msg[256];
         tls_error_text(msg, sizeof(msg));
         return tern_err_set(c->err, TERN_E_TLS, "TLS read from %s failed: %s", c->opts.host, msg);
@@ -448,6 +454,12 @@ net_write_raw(struct net_conn *c, const char *buf, size_t len, size_t *done)
         if (e == SSL_ERROR_WANT_READ) {
             c->ssl_write_wants_read = true;
             return TERN_OK;
+        }
+        if (e == SSL_ERROR_SYSCALL) {
+            int saved = errno;
+            ERR_clear_error();
+            return tern_err_set(c->err, TERN_E_IO, "write to %s failed: %s", c->opts.host,
+                                saved ? strerror(saved) : "connection closed");
         }
         char msg[256];
         tls_error_text(msg, sizeof(msg));
