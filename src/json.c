@@ -3,7 +3,6 @@
  *
  * Layer: src/.
  */
-#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -169,6 +168,14 @@ json_cstr(struct json *j, const char *s)
 void
 json_net_str(struct json *j, const char *s, size_t len, bool multiline)
 {
+    /* Printable ASCII needs no sanitizing: the common case, kept fast. */
+    size_t i = 0;
+    while (i < len && (unsigned char)s[i] >= 0x20 && (unsigned char)s[i] < 0x7f)
+        i++;
+    if (i == len) {
+        json_str(j, s, len);
+        return;
+    }
     char *clean = text_sanitize(s, len, multiline);
     if (!clean) {
         j->st = TERN_E_NOMEM;
@@ -198,10 +205,17 @@ json_null(struct json *j)
 void
 json_int(struct json *j, int64_t v)
 {
-    char buf[32];
-    int n = snprintf(buf, sizeof(buf), "%" PRId64, v);
+    char buf[24];
+    char *p = buf + sizeof(buf);
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *--p = '-';
     json_value_start(j);
-    json_put(j, buf, (size_t)n);
+    json_put(j, p, (size_t)(buf + sizeof(buf) - p));
 }
 
 void

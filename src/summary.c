@@ -126,11 +126,80 @@ imap_date_iso(const char *s, size_t len)
     return out;
 }
 
+/* Reads 1-4 digits at *P into *V. */
+static bool
+take_num(const char **p, const char *end, int min_digits, int max_digits, long *v)
+{
+    int n = 0;
+    *v = 0;
+    while (*p < end && **p >= '0' && **p <= '9' && n < max_digits) {
+        *v = *v * 10 + (**p - '0');
+        (*p)++;
+        n++;
+    }
+    return n >= min_digits;
+}
+
+/*
+ * The common RFC 5322 §3.3 form, "[Tue, ]5 Mar 2024 10:00[:00] +0100",
+ * parsed by hand; anything else goes to GMime's lenient parser.
+ */
+static char *
+rfc5322_date_fast(const char *s, size_t len)
+{
+    const char *p = s, *end = s + len;
+    while (p < end && *p == ' ')
+        p++;
+    if (end - p > 4 && p[3] == ',')
+        p += 4;
+    while (p < end && *p == ' ')
+        p++;
+    long day, year, hh, mm, ss = 0, zone;
+    if (!take_num(&p, end, 1, 2, &day) || p >= end || *p++ != ' ' || end - p < 4)
+        return NULL;
+    int mon = -1;
+    for (int i = 0; i < 12; i++)
+        if (strncasecmp(p, months[i], 3) == 0)
+            mon = i;
+    p += 3;
+    if (mon < 0 || p >= end || *p++ != ' ' || !take_num(&p, end, 4, 4, &year) || p >= end ||
+        *p++ != ' ' || !take_num(&p, end, 2, 2, &hh) || p >= end || *p++ != ':' ||
+        !take_num(&p, end, 2, 2, &mm))
+        return NULL;
+    if (p < end && *p == ':') {
+        p++;
+        if (!take_num(&p, end, 2, 2, &ss))
+            return NULL;
+    }
+    if (p >= end || *p++ != ' ' || p >= end || (*p != '+' && *p != '-'))
+        return NULL;
+    char sign = *p++;
+    if (!take_num(&p, end, 4, 4, &zone))
+        return NULL;
+    while (p < end && *p == ' ')
+        p++;
+    /* A trailing comment such as "(CET)" is allowed; anything else is not. */
+    if (p < end && *p != '(')
+        return NULL;
+    if (day < 1 || day > 31 || hh > 23 || mm > 59 || ss > 60 || zone % 100 > 59 ||
+        zone / 100 > 23 || year < 1900)
+        return NULL;
+    char *out = malloc(32);
+    if (!out)
+        return NULL;
+    snprintf(out, 32, "%04ld-%02d-%02ldT%02ld:%02ld:%02ld%c%02ld:%02ld", year, mon + 1, day, hh,
+             mm, ss, sign, zone / 100, zone % 100);
+    return out;
+}
+
 char *
 summary_iso_date(const char *s, size_t len, int imap_format)
 {
     if (imap_format)
         return imap_date_iso(s, len);
+    char *fast = rfc5322_date_fast(s, len);
+    if (fast)
+        return fast;
     char *copy = strndup(s, len);
     if (!copy)
         return NULL;
@@ -168,7 +237,14 @@ address_list(struct tbuf *b, const struct imap_item *list)
             tbuf_adds(b, ", ");
         first = false;
         const char *nm = imap_item_str(name);
-        char *decoded = nm && name->len ? mime_decode_header(nm, name->len) : NULL;
+        bool plain = nm != NULL;
+        for (size_t i = 0; nm && i < name->len && plain; i++) {
+            unsigned char c = (unsigned char)nm[i];
+            plain = c >= 0x20 && c < 0x7f && !(c == '=' && nm[i + 1] == '?');
+        }
+        char *decoded = !nm || !name->len ? NULL
+                        : plain           ? strndup(nm, name->len)
+                                          : mime_decode_header(nm, name->len);
         if (decoded && *decoded) {
             tbuf_adds(b, decoded);
             tbuf_adds(b, " <");
@@ -218,17 +294,67 @@ strip_msgid(const char **p, size_t *n)
         (*n)--;
 }
 
+/* Decoded header text: the raw bytes when they hold no encoded word and
+ * are printable ASCII (most subjects and names), else mime_decode_header. */
+static void
+json_header_text(struct json *j, const char *raw, size_t len)
+{
+    bool plain = true;
+    for (size_t i = 0; i < len && plain; i++) {
+        unsigned char c = (unsigned char)raw[i];
+        plain = c >= 0x20 && c < 0x7f && !(c == '=' && i + 1 < len && raw[i + 1] == '?');
+    }
+    if (plain) {
+        json_str(j, raw, len);
+        return;
+    }
+    char *s = mime_decode_header(raw, len);
+    json_cstr(j, s ? s : "");
+    free(s);
+}
+
 enum tern_status
 summary_json(const struct imap_item *list, const char *folder, struct tbuf *out, uint32_t *uid)
 {
-    const struct imap_item *it_uid = fetch_item(list, "UID");
+    const struct imap_item *it_uid = NULL, *env = NULL, *size = NULL, *idate = NULL;
+    const struct imap_item *flags = NULL, *refs = NULL;
+    /* One pass over the name/value pairs (RFC 3501 §7.4.2). */
+    for (const struct imap_item *it = list; it && it->next; it = it->next->next) {
+        if (it->type != IMAP_ITEM_ATOM)
+            continue;
+        const char *n = it->str;
+        const struct imap_item *v = it->next;
+        switch (n[0] | 0x20) {
+        case 'u':
+            if (strcasecmp(n, "UID") == 0)
+                it_uid = v;
+            break;
+        case 'e':
+            if (strcasecmp(n, "ENVELOPE") == 0)
+                env = v;
+            break;
+        case 'r':
+            if (strcasecmp(n, "RFC822.SIZE") == 0)
+                size = v;
+            break;
+        case 'i':
+            if (strcasecmp(n, "INTERNALDATE") == 0)
+                idate = v;
+            break;
+        case 'f':
+            if (strcasecmp(n, "FLAGS") == 0)
+                flags = v;
+            break;
+        case 'b':
+            if (strcasecmp(n, SUMMARY_REFS_ITEM) == 0)
+                refs = v;
+            break;
+        }
+    }
     if (!it_uid || !it_uid->is_number || !it_uid->num || it_uid->num > UINT32_MAX)
         return TERN_E_PROTO;
     *uid = (uint32_t)it_uid->num;
-    const struct imap_item *env = fetch_item(list, "ENVELOPE");
     const struct imap_item *e = env && env->type == IMAP_ITEM_LIST ? env->child : NULL;
-    const struct imap_item *size = fetch_item(list, "RFC822.SIZE");
-    const struct imap_item *idate = fetch_item(list, "INTERNALDATE");
 
     tbuf_reset(out);
     struct json j;
@@ -256,16 +382,13 @@ summary_json(const struct imap_item *list, const char *folder, struct tbuf *out,
 
     const struct imap_item *subj = imap_item_nth(e, 1);
     json_key(&j, "subject");
-    if (imap_item_str(subj)) {
-        char *s = mime_decode_header(subj->str, subj->len);
-        json_cstr(&j, s ? s : "");
-        free(s);
-    } else {
+    if (imap_item_str(subj))
+        json_header_text(&j, subj->str, subj->len);
+    else
         json_cstr(&j, "");
-    }
 
     json_key(&j, "flags");
-    summary_flags_json(&j, fetch_item(list, "FLAGS"));
+    summary_flags_json(&j, flags);
     json_key(&j, "size");
     if (size && size->is_number)
         json_int(&j, (int64_t)size->num);
@@ -287,7 +410,6 @@ summary_json(const struct imap_item *list, const char *folder, struct tbuf *out,
 
     const char *root = NULL;
     size_t rootlen = 0;
-    const struct imap_item *refs = fetch_item(list, SUMMARY_REFS_ITEM);
     const struct imap_item *irt = imap_item_nth(e, 8);
     if (!(imap_item_str(refs) && first_msgid(refs->str, refs->len, &root, &rootlen)) &&
         !(imap_item_str(irt) && first_msgid(irt->str, irt->len, &root, &rootlen))) {
