@@ -184,10 +184,10 @@ rfc5322_date_fast(const char *s, size_t len)
     if (day < 1 || day > 31 || hh > 23 || mm > 59 || ss > 60 || zone % 100 > 59 ||
         zone / 100 > 23 || year < 1900)
         return NULL;
-    char *out = malloc(32);
+    char *out = malloc(64);
     if (!out)
         return NULL;
-    snprintf(out, 32, "%04ld-%02d-%02ldT%02ld:%02ld:%02ld%c%02ld:%02ld", year, mon + 1, day, hh,
+    snprintf(out, 64, "%04ld-%02d-%02ldT%02ld:%02ld:%02ld%c%02ld:%02ld", year, mon + 1, day, hh,
              mm, ss, sign, zone / 100, zone % 100);
     return out;
 }
