@@ -417,10 +417,14 @@ summary_json(const struct imap_item *list, const char *folder, struct tbuf *out,
         rootlen = ownlen;
     }
     json_key(&j, "thread");
-    if (root && rootlen)
+    if (root && rootlen) {
         json_net_str(&j, root, rootlen, false);
-    else
-        json_null(&j);
+    } else {
+        /* No Message-ID anywhere: the message is a thread of its own. */
+        char tid[24];
+        snprintf(tid, sizeof(tid), "uid:%u", *uid);
+        json_cstr(&j, tid);
+    }
     json_obj_end(&j);
     return j.st;
 }

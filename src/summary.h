@@ -31,7 +31,7 @@ const struct imap_item *fetch_item(const struct imap_item *list, const char *nam
  *
  * "thread" is the Message-ID of the thread's root, without brackets: the
  * first entry of References (RFC 5322 §3.6.4 makes it the root), else
- * In-Reply-To, else the message's own Message-ID; null when it has none.
+ * In-Reply-To, else the message's own Message-ID; "uid:N" when it has none.
  * It needs no other message, so it is the same whatever part of the folder
  * is listed.
  */

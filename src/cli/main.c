@@ -124,15 +124,25 @@ run_batch(struct tern_session *s, FILE *in)
     return rc;
 }
 
+static int run(int argc, char **argv, const char **cmds);
+
 int
 main(int argc, char **argv)
 {
-    const char *config = NULL, *account = NULL, *batch_file = NULL;
-    bool batch = false;
     const char **cmds = calloc((size_t)argc + 1, sizeof(char *));
-    size_t ncmds = 0;
     if (!cmds)
         return 1;
+    int rc = run(argc, argv, cmds);
+    free(cmds);
+    return rc;
+}
+
+static int
+run(int argc, char **argv, const char **cmds)
+{
+    const char *config = NULL, *account = NULL, *batch_file = NULL;
+    bool batch = false;
+    size_t ncmds = 0;
     signal(SIGPIPE, SIG_IGN);
     static char outbuf[1 << 16];
     setvbuf(stdout, outbuf, _IOFBF, sizeof(outbuf));
@@ -235,7 +245,6 @@ main(int argc, char **argv)
     tern_session_free(s);
     tern_config_free(cfg);
     free(default_path);
-    free(cmds);
     if (fflush(stdout) != 0 && rc == 0)
         rc = 1;
     return rc;
