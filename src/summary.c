@@ -118,11 +118,11 @@ imap_date_iso(const char *s, size_t len)
             return NULL;
     if (year < 1 || year > 9999)
         return NULL;
-    char *out = malloc(64);
+    char *out = malloc(128);
     if (!out)
         return NULL;
-    snprintf(out, 64, "%04ld-%02d-%02ldT%02d:%02d:%02d%c%02d:%02d", year, mon + 1, day, hh, mm,
-             ss, sign < 0 ? '-' : '+', zh, zm);
+    snprintf(out, 128, "%04d-%02d-%02dT%02d:%02d:%02d%c%02d:%02d", (int)year, mon + 1, (int)day,
+             hh, mm, ss, sign < 0 ? '-' : '+', zh, zm);
     return out;
 }
 
@@ -184,11 +184,12 @@ rfc5322_date_fast(const char *s, size_t len)
     if (day < 1 || day > 31 || hh > 23 || mm > 59 || ss > 60 || zone % 100 > 59 ||
         zone / 100 > 23 || year < 1900)
         return NULL;
-    char *out = malloc(64);
+    /* Sized for any int so that no compiler sees a possible truncation. */
+    char *out = malloc(128);
     if (!out)
         return NULL;
-    snprintf(out, 64, "%04ld-%02d-%02ldT%02ld:%02ld:%02ld%c%02ld:%02ld", year, mon + 1, day, hh,
-             mm, ss, sign, zone / 100, zone % 100);
+    snprintf(out, 128, "%04d-%02d-%02dT%02d:%02d:%02d%c%02d:%02d", (int)year, mon + 1, (int)day,
+             (int)hh, (int)mm, (int)ss, sign, (int)(zone / 100), (int)(zone % 100));
     return out;
 }
 
