@@ -215,6 +215,13 @@ imap_cmd_free(struct imap_cmd *cmd)
     free(cmd);
 }
 
+/* Commands of the connection phases, sent before READY. */
+static bool
+imap_kind_is_setup(enum imap_cmd_kind kind)
+{
+    return kind != IMAP_CMD_NORMAL && kind != IMAP_CMD_IDLE && kind != IMAP_CMD_LOGOUT;
+}
+
 static enum tern_status
 imap_enqueue(struct imap_conn *c, enum imap_cmd_kind kind, const char *name,
              const struct imap_args *args, imap_untagged_fn on_untagged, imap_done_fn done,
@@ -239,8 +246,20 @@ imap_enqueue(struct imap_conn *c, enum imap_cmd_kind kind, const char *name,
     cmd->untagged_aux = aux;
     cmd->done = done;
     cmd->aux = aux;
-    *c->pending_tail = cmd;
-    c->pending_tail = &cmd->next;
+    /*
+     * A connection-phase command goes ahead of the commands the caller
+     * queued before the connection was ready: those wait for it.
+     */
+    struct imap_cmd **at = c->pending_tail;
+    if (imap_kind_is_setup(kind)) {
+        at = &c->pending;
+        while (*at && imap_kind_is_setup((*at)->kind))
+            at = &(*at)->next;
+    }
+    cmd->next = *at;
+    *at = cmd;
+    if (!cmd->next)
+        c->pending_tail = &cmd->next;
     if (out)
         *out = cmd;
     return TERN_OK;
@@ -361,8 +380,7 @@ imap_pump(struct imap_conn *c)
 {
     while (c->pending && c->state != IMAP_ST_DEAD) {
         struct imap_cmd *cmd = c->pending;
-        bool setup = cmd->kind != IMAP_CMD_NORMAL && cmd->kind != IMAP_CMD_IDLE &&
-                     cmd->kind != IMAP_CMD_LOGOUT;
+        bool setup = imap_kind_is_setup(cmd->kind);
         if (c->state != IMAP_ST_READY && !setup &&
             !(cmd->kind == IMAP_CMD_LOGOUT && c->state >= IMAP_ST_GREETING))
             break;
@@ -385,6 +403,9 @@ imap_pump(struct imap_conn *c)
         c->ninflight++;
 
         snprintf(cmd->tag, sizeof(cmd->tag), "T%u", ++c->tagno);
+        /* RFC 3501 §6.3.1: SELECT/EXAMINE leaves the old mailbox behind. */
+        if (strcmp(cmd->name, "SELECT") == 0 || strcmp(cmd->name, "EXAMINE") == 0)
+            memset(&c->mbox, 0, sizeof(c->mbox));
         if (cmd->kind == IMAP_CMD_LOGOUT)
             imap_set_state(c, IMAP_ST_LOGOUT);
         enum tern_status st = imap_serialize(c, cmd);
@@ -423,6 +444,9 @@ imap_fail(struct imap_conn *c, enum tern_status st)
     bool logging_out = c->state == IMAP_ST_LOGOUT;
     imap_set_state(c, IMAP_ST_DEAD);
     c->idling = false;
+    /* Drop the socket now: the server sees the close, and a dead socket
+     * cannot keep the loop busy (TESTMATRIX F3). */
+    line_close(c->line);
     /* Detach both lists first: callbacks may try to submit more. */
     struct imap_cmd *lists[2] = {c->inflight, c->pending};
     c->inflight = c->pending = NULL;
@@ -481,7 +505,11 @@ static void
 imap_on_tagged(struct imap_conn *c, const struct imap_response *r)
 {
     struct imap_cmd *cmd = imap_find_tag(c, r->tag);
-    if (!cmd || cmd->awaiting_cont) {
+    /*
+     * Instead of a continuation the server may reject the command with a
+     * tagged NO or BAD (RFC 3501 §2.2.1); the rest is never sent.
+     */
+    if (!cmd || (cmd->awaiting_cont && r->cond == IMAP_COND_OK)) {
         tern_err_set(c->err, TERN_E_PROTO, "IMAP server %s answered tag '%s' that %s",
                      c->opts.host, r->tag,
                      cmd ? "still awaits a continuation" : "is not in flight");
@@ -671,8 +699,11 @@ imap_on_line_event(void *aux, enum line_event ev, enum tern_status st)
         }
         break;
     case LINE_EV_ERROR:
+        if (c->state == IMAP_ST_DEAD)
+            break; /* already failed: keep the sentence that says why */
         if (c->state == IMAP_ST_LOGOUT) {
-            imap_fail(c, TERN_OK);
+            /* The LOGOUT itself succeeds; what was queued behind it did not run. */
+            imap_fail(c, st);
             break;
         }
         if (c->bye_text && st == TERN_E_IO)

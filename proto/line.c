@@ -87,8 +87,12 @@ line_on_timeout(void *aux)
 {
     struct line_conn *l = aux;
     l->timer = NULL;
-    tern_err_set(l->err, TERN_E_TIMEOUT, "%s server %s did not answer for %d seconds",
-                 l->opts.proto, l->opts.net.host, l->opts.timeout_ms / 1000);
+    if (l->opts.timeout_ms % 1000)
+        tern_err_set(l->err, TERN_E_TIMEOUT, "%s server %s did not answer for %d ms",
+                     l->opts.proto, l->opts.net.host, l->opts.timeout_ms);
+    else
+        tern_err_set(l->err, TERN_E_TIMEOUT, "%s server %s did not answer for %d seconds",
+                     l->opts.proto, l->opts.net.host, l->opts.timeout_ms / 1000);
     line_fail(l, TERN_E_TIMEOUT);
 }
 
@@ -119,6 +123,15 @@ line_connect(struct line_conn *l)
     if (st)
         l->dead = true;
     return st;
+}
+
+void
+line_close(struct line_conn *l)
+{
+    l->dead = true;
+    loop_timer_cancel(l->timer);
+    l->timer = NULL;
+    net_close(l->net);
 }
 
 bool

@@ -51,6 +51,9 @@ void line_free(struct line_conn *l);
 
 enum tern_status line_connect(struct line_conn *l);
 
+/* Drops the connection at once (no further events); see net_close(). */
+void line_close(struct line_conn *l);
+
 /*
  * Starts TLS on the open connection (STARTTLS/STLS after the server's
  * go-ahead). Bytes already received after the go-ahead line are never

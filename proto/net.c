@@ -119,6 +119,20 @@ net_free(struct net_conn *c)
     free(c);
 }
 
+void
+net_close(struct net_conn *c)
+{
+    c->state = NET_ST_DEAD;
+    loop_timer_cancel(c->timer);
+    c->timer = NULL;
+    loop_unwatch(c->watch);
+    c->watch = NULL;
+    if (c->fd >= 0) {
+        close(c->fd);
+        c->fd = -1;
+    }
+}
+
 struct loop *
 net_loop(const struct net_conn *c)
 {
@@ -344,8 +358,14 @@ net_start_tls(struct net_conn *c)
         return TERN_E_NOMEM;
     SSL_set_fd(c->ssl, c->fd);
     bool ip = is_ip_literal(c->opts.host);
-    if (!ip)
-        SSL_set_tlsext_host_name(c->ssl, c->opts.host);
+    if (!ip) {
+        /* SNI (RFC 6066 §3); the macro wants a non-const pointer. */
+        char *sni = strdup(c->opts.host);
+        if (!sni)
+            return TERN_E_NOMEM;
+        SSL_set_tlsext_host_name(c->ssl, sni);
+        free(sni);
+    }
     if (c->opts.verify == NET_VERIFY_CHAIN) {
         int ok = ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), c->opts.host)
                     : SSL_set1_host(c->ssl, c->opts.host);

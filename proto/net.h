@@ -58,6 +58,12 @@ enum tern_status net_new(struct loop *loop, const struct net_opts *opts, net_eve
 /* Closes the socket (without any goodbye) and frees. Accepts NULL. */
 void net_free(struct net_conn *c);
 
+/*
+ * Closes the socket at once, without a goodbye and without any further
+ * event; the object stays valid (reads and writes fail) until net_free().
+ */
+void net_close(struct net_conn *c);
+
 /* Resolves the host (this step blocks, for DNS) and starts connecting to
  * each address in turn; NET_EV_CONNECTED or NET_EV_ERROR follows. */
 enum tern_status net_connect(struct net_conn *c);

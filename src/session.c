@@ -11,6 +11,7 @@
 
 #include "account.h"
 #include "cmd/cmd.h"
+#include "mime.h"
 #include "mutf7.h"
 #include "session.h"
 
@@ -30,6 +31,7 @@ tern_session_new(const struct tern_config *cfg, const char *account, struct tern
     struct tern_session *s = calloc(1, sizeof(*s));
     if (!s)
         return TERN_E_NOMEM;
+    mime_init();
     s->cfg = cfg;
     s->acct = acct;
     s->loop = loop_new();
@@ -42,6 +44,19 @@ tern_session_new(const struct tern_config *cfg, const char *account, struct tern
     return TERN_OK;
 }
 
+static enum tern_status sess_imap_opts(struct tern_session *s, struct imap_opts *o);
+
+static void
+sess_drop_extra(struct tern_session *s)
+{
+    imap_free(s->extra.imap);
+    s->extra.imap = NULL;
+    free(s->extra.folder);
+    s->extra.folder = NULL;
+    s->extra.state = SESS_EXTRA_NONE;
+    tern_err_clear(&s->extra.err);
+}
+
 static void
 sess_drop_imap(struct tern_session *s)
 {
@@ -49,6 +64,84 @@ sess_drop_imap(struct tern_session *s)
     s->imap = NULL;
     free(s->selected);
     s->selected = NULL;
+    sess_drop_extra(s);
+}
+
+static void
+sess_extra_on_examine(void *aux, enum tern_status st, const struct imap_response *r)
+{
+    (void)r;
+    struct tern_session *s = aux;
+    const struct imap_mailbox *mine = imap_mailbox(s->extra.imap);
+    const struct imap_mailbox *main = s->imap ? imap_mailbox(s->imap) : NULL;
+    /* Only the very same view of the folder may serve sequence numbers. */
+    if (!st && main && main->selected && mine->uidvalidity == main->uidvalidity &&
+        mine->exists == main->exists)
+        s->extra.state = SESS_EXTRA_READY;
+    else
+        s->extra.state = SESS_EXTRA_FAILED;
+}
+
+static void
+sess_extra_examine(struct tern_session *s)
+{
+    struct imap_args a;
+    imap_args_init(&a);
+    s->extra.state = SESS_EXTRA_SELECTING;
+    if (imap_args_raw(&a, " ") || sess_arg_folder(s, &a, s->extra.folder) ||
+        imap_submit(s->extra.imap, "EXAMINE", &a, NULL, NULL, sess_extra_on_examine, s))
+        s->extra.state = SESS_EXTRA_FAILED;
+    imap_args_free(&a);
+}
+
+static void
+sess_extra_on_open(void *aux, enum tern_status st, const struct imap_response *r)
+{
+    (void)r;
+    struct tern_session *s = aux;
+    if (st)
+        s->extra.state = SESS_EXTRA_FAILED;
+    else
+        sess_extra_examine(s);
+}
+
+void
+sess_extra_start(struct tern_session *s, const char *folder)
+{
+    struct sess_extra *x = &s->extra;
+    if (x->state == SESS_EXTRA_FAILED || (x->imap && imap_is_dead(x->imap)))
+        sess_drop_extra(s);
+    if (x->state == SESS_EXTRA_OPENING || x->state == SESS_EXTRA_SELECTING)
+        return;
+    if (x->state == SESS_EXTRA_READY && strcmp(x->folder, folder) == 0)
+        return;
+    free(x->folder);
+    x->folder = strdup(folder);
+    if (!x->folder) {
+        x->state = SESS_EXTRA_FAILED;
+        return;
+    }
+    if (x->state == SESS_EXTRA_READY) {
+        sess_extra_examine(s);
+        return;
+    }
+    struct imap_opts o;
+    if (sess_imap_opts(s, &o) || imap_new(s->loop, &o, &x->err, &x->imap)) {
+        x->state = SESS_EXTRA_FAILED;
+        return;
+    }
+    x->state = SESS_EXTRA_OPENING;
+    if (imap_open(x->imap, sess_extra_on_open, s))
+        x->state = SESS_EXTRA_FAILED;
+}
+
+struct imap_conn *
+sess_extra_ready(struct tern_session *s, const char *folder)
+{
+    struct sess_extra *x = &s->extra;
+    if (x->state != SESS_EXTRA_READY || imap_is_dead(x->imap) || strcmp(x->folder, folder) != 0)
+        return NULL;
+    return x->imap;
 }
 
 void
@@ -121,12 +214,10 @@ sess_trace(void *aux, bool sent, const char *line, size_t len)
         s->trace(s->trace_aux, sent, line, len);
 }
 
-enum tern_status
-sess_imap(struct tern_session *s)
+/* The connection options of the account; *O borrows from the session. */
+static enum tern_status
+sess_imap_opts(struct tern_session *s, struct imap_opts *o)
 {
-    if (s->imap && !imap_is_dead(s->imap))
-        return TERN_OK;
-    sess_drop_imap(s);
     const struct tern_account *a = s->acct;
     if (!a->imap)
         return sess_fail(s, TERN_E_CONFIG, "account %s has no imap server configured", a->name);
@@ -135,34 +226,47 @@ sess_imap(struct tern_session *s)
         if (st)
             return st;
     }
-    struct imap_opts o = {0};
-    o.host = a->imap->host;
-    o.port = a->imap->port;
+    memset(o, 0, sizeof(*o));
+    o->host = a->imap->host;
+    o->port = a->imap->port;
     if (a->imap->implicit_tls) {
         if (a->tls == TERN_TLS_OFF)
             return sess_fail(s, TERN_E_CONFIG,
                              "account %s: tls = off applies only to imap:// URLs, not imaps://",
                              a->name);
-        o.security = IMAP_SEC_IMPLICIT_TLS;
+        o->security = IMAP_SEC_IMPLICIT_TLS;
     } else {
-        o.security = a->tls == TERN_TLS_OFF ? IMAP_SEC_NONE : IMAP_SEC_STARTTLS;
+        o->security = a->tls == TERN_TLS_OFF ? IMAP_SEC_NONE : IMAP_SEC_STARTTLS;
     }
-    o.verify = a->tls == TERN_TLS_FINGERPRINT ? NET_VERIFY_FINGERPRINT : NET_VERIFY_CHAIN;
-    memcpy(o.fingerprint, a->fingerprint, sizeof(o.fingerprint));
-    o.ca_file = a->tls_ca_file;
-    o.user = a->imap->user ? a->imap->user : "";
-    o.secret = s->secret;
-    if (!sasl_mech_parse(a->auth, &o.mech))
+    o->verify = a->tls == TERN_TLS_FINGERPRINT ? NET_VERIFY_FINGERPRINT : NET_VERIFY_CHAIN;
+    memcpy(o->fingerprint, a->fingerprint, sizeof(o->fingerprint));
+    o->ca_file = a->tls_ca_file;
+    o->user = a->imap->user ? a->imap->user : "";
+    o->secret = s->secret;
+    if (!sasl_mech_parse(a->auth, &o->mech))
         return sess_fail(s, TERN_E_CONFIG, "account %s: unknown auth mechanism '%s'", a->name,
                          a->auth);
-    o.timeout_ms = (a->timeout > 0 ? a->timeout : 30) * 1000;
-    o.compress = a->compress;
-    imap_limits_default(&o.limits);
+    o->timeout_ms = (a->timeout > 0 ? a->timeout : 30) * 1000;
+    o->compress = a->compress;
+    imap_limits_default(&o->limits);
     if (s->trace) {
-        o.trace = sess_trace;
-        o.trace_aux = s;
+        o->trace = sess_trace;
+        o->trace_aux = s;
     }
-    enum tern_status st = imap_new(s->loop, &o, &s->err, &s->imap);
+    return TERN_OK;
+}
+
+enum tern_status
+sess_imap(struct tern_session *s)
+{
+    if (s->imap && !imap_is_dead(s->imap))
+        return TERN_OK;
+    sess_drop_imap(s);
+    struct imap_opts o;
+    enum tern_status st = sess_imap_opts(s, &o);
+    if (st)
+        return st;
+    st = imap_new(s->loop, &o, &s->err, &s->imap);
     if (st)
         return st;
     struct sess_op op = {0};
@@ -182,9 +286,17 @@ enum tern_status
 sess_submit(struct tern_session *s, const char *name, const struct imap_args *args,
             imap_untagged_fn on_untagged, void *aux, struct sess_op *op)
 {
+    return sess_submit_on(s, s->imap, name, args, on_untagged, aux, op);
+}
+
+enum tern_status
+sess_submit_on(struct tern_session *s, struct imap_conn *c, const char *name,
+               const struct imap_args *args, imap_untagged_fn on_untagged, void *aux,
+               struct sess_op *op)
+{
     op->done = false;
     op->st = TERN_OK;
-    enum tern_status st = imap_submit(s->imap, name, args, on_untagged, aux, sess_on_done, op);
+    enum tern_status st = imap_submit(c, name, args, on_untagged, aux, sess_on_done, op);
     if (st) {
         op->done = true;
         op->st = st;
@@ -316,10 +428,13 @@ sess_on_logout(void *aux, enum tern_status st, const struct imap_response *r)
 void
 tern_session_close(struct tern_session *s)
 {
-    if (!s->imap || imap_is_dead(s->imap))
-        return;
-    bool done = false;
-    if (imap_logout(s->imap, sess_on_logout, &done) == TERN_OK)
-        loop_run_until(s->loop, &done);
+    bool done[2] = {true, true};
+    struct imap_conn *conns[2] = {s->imap, s->extra.imap};
+    for (int i = 0; i < 2; i++)
+        if (conns[i] && !imap_is_dead(conns[i]) && imap_is_ready(conns[i]) &&
+            imap_logout(conns[i], sess_on_logout, &done[i]) == TERN_OK)
+            done[i] = false;
+    for (int i = 0; i < 2; i++)
+        loop_run_until(s->loop, &done[i]);
     sess_drop_imap(s);
 }

@@ -18,6 +18,26 @@
 #include "tbuf.h"
 #include "tern.h"
 
+/*
+ * A second connection for reading a large folder in parallel: it opens in
+ * the background and is used only once it has the same folder open with the
+ * same UIDVALIDITY and message count as the main one.
+ */
+enum sess_extra_state {
+    SESS_EXTRA_NONE,
+    SESS_EXTRA_OPENING,
+    SESS_EXTRA_SELECTING,
+    SESS_EXTRA_READY,
+    SESS_EXTRA_FAILED,
+};
+
+struct sess_extra {
+    struct imap_conn *imap;
+    struct tern_err err;
+    enum sess_extra_state state;
+    char *folder; /* UTF-8 */
+};
+
 struct tern_session {
     const struct tern_config *cfg; /* borrowed */
     const struct tern_account *acct; /* borrowed from cfg */
@@ -32,6 +52,7 @@ struct tern_session {
     struct tbuf out;     /* the object being written */
     tern_trace_fn trace;
     void *trace_aux;
+    struct sess_extra extra;
 };
 
 /*
@@ -52,6 +73,21 @@ enum tern_status sess_imap(struct tern_session *s);
 enum tern_status sess_submit(struct tern_session *s, const char *name,
                              const struct imap_args *args, imap_untagged_fn on_untagged,
                              void *aux, struct sess_op *op);
+
+/* The same on connection C (the main one or the extra one). */
+enum tern_status sess_submit_on(struct tern_session *s, struct imap_conn *c, const char *name,
+                                const struct imap_args *args, imap_untagged_fn on_untagged,
+                                void *aux, struct sess_op *op);
+
+/*
+ * Starts opening the extra connection on FOLDER, which the main connection
+ * has selected (read-only use). Returns at once; failures are silent (the
+ * extra connection is an optimisation, never a requirement).
+ */
+void sess_extra_start(struct tern_session *s, const char *folder);
+
+/* The extra connection when it is ready on FOLDER, else NULL. */
+struct imap_conn *sess_extra_ready(struct tern_session *s, const char *folder);
 
 /* Runs the loop until every one of the N ops is done; returns the first
  * failure (the error slot holds its sentence). */

@@ -14,8 +14,18 @@
 #include "json.h"
 #include "mime.h"
 #include "summary.h"
+#include "text.h"
 
 /* ---- FETCH items ---- */
+
+bool
+summary_has_headers(const struct imap_item *list)
+{
+    for (const struct imap_item *it = list; it && it->next; it = it->next->next)
+        if (it->type == IMAP_ITEM_ATOM && strncasecmp(it->str, "BODY[HEADER.FIELDS", 18) == 0)
+            return true;
+    return false;
+}
 
 const struct imap_item *
 fetch_item(const struct imap_item *list, const char *name)
@@ -217,57 +227,191 @@ summary_iso_date(const char *s, size_t len, int imap_format)
     return out;
 }
 
-/* Appends one ENVELOPE address list as "Name <a@b>, c@d" to B. */
-static void
-address_list(struct tbuf *b, const struct imap_item *list)
+/* True when LEN bytes of P are printable ASCII without encoded words. */
+static bool
+plain_ascii(const char *p, size_t len)
 {
-    if (!list || list->type != IMAP_ITEM_LIST)
-        return;
-    bool first = true;
-    for (const struct imap_item *a = list->child; a; a = a->next) {
-        if (a->type != IMAP_ITEM_LIST)
-            continue;
-        const struct imap_item *name = imap_item_nth(a->child, 0);
-        const struct imap_item *mailbox = imap_item_nth(a->child, 2);
-        const struct imap_item *host = imap_item_nth(a->child, 3);
-        const char *mb = imap_item_str(mailbox);
-        const char *hs = imap_item_str(host);
-        if (!hs)
-            continue; /* RFC 3501 §7.4.2: group start/end markers */
-        if (!first)
-            tbuf_adds(b, ", ");
-        first = false;
-        const char *nm = imap_item_str(name);
-        bool plain = nm != NULL;
-        for (size_t i = 0; nm && i < name->len && plain; i++) {
-            unsigned char c = (unsigned char)nm[i];
-            plain = c >= 0x20 && c < 0x7f && !(c == '=' && nm[i + 1] == '?');
-        }
-        char *decoded = !nm || !name->len ? NULL
-                        : plain           ? strndup(nm, name->len)
-                                          : mime_decode_header(nm, name->len);
-        if (decoded && *decoded) {
-            tbuf_adds(b, decoded);
-            tbuf_adds(b, " <");
-        }
-        tbuf_adds(b, mb ? mb : "");
-        tbuf_addc(b, '@');
-        tbuf_adds(b, hs);
-        if (decoded && *decoded)
-            tbuf_addc(b, '>');
-        free(decoded);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c < 0x20 || c >= 0x7f || (c == '=' && i + 1 < len && p[i + 1] == '?'))
+            return false;
     }
+    return true;
+}
+
+/*
+ * The common address forms "Name <a@b>" and "a@b", formatted without
+ * GMime; false for anything else (quotes, comments, groups, lists,
+ * encoded words), which GMime's parser handles.
+ */
+static bool
+address_fast(struct tbuf *b, const char *p, size_t len)
+{
+    while (len && (*p == ' ' || *p == '\t'))
+        p++, len--;
+    while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+        len--;
+    if (!len || !plain_ascii(p, len))
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (strchr(",;\"()\\:[]", p[i]))
+            return false;
+    const char *lt = memchr(p, '<', len);
+    if (!lt) {
+        if (memchr(p, ' ', len) || memchr(p, '>', len))
+            return false;
+        return tbuf_add(b, p, len) == TERN_OK;
+    }
+    if (p[len - 1] != '>' || memchr(lt + 1, '<', len - (size_t)(lt + 1 - p)))
+        return false;
+    size_t namelen = (size_t)(lt - p);
+    while (namelen && p[namelen - 1] == ' ')
+        namelen--;
+    const char *addr = lt + 1;
+    size_t addrlen = (size_t)(p + len - 1 - addr);
+    if (memchr(addr, '>', addrlen))
+        return false;
+    enum tern_status st = TERN_OK;
+    if (namelen) {
+        st = tbuf_add(b, p, namelen);
+        if (!st)
+            st = tbuf_adds(b, " <");
+    }
+    if (!st)
+        st = tbuf_add(b, addr, addrlen);
+    if (!st && namelen)
+        st = tbuf_addc(b, '>');
+    return st == TERN_OK;
 }
 
 static void
-json_envelope_addr(struct json *j, const char *key, const struct imap_item *list)
+address_gmime(struct tbuf *b, InternetAddressList *list, bool *first)
+{
+    int n = internet_address_list_length(list);
+    for (int i = 0; i < n; i++) {
+        InternetAddress *ia = internet_address_list_get_address(list, i);
+        if (INTERNET_ADDRESS_IS_GROUP(ia)) {
+            address_gmime(b, internet_address_group_get_members(INTERNET_ADDRESS_GROUP(ia)),
+                          first);
+            continue;
+        }
+        const char *addr = internet_address_mailbox_get_addr(INTERNET_ADDRESS_MAILBOX(ia));
+        const char *name = internet_address_get_name(ia);
+        if (!*first)
+            tbuf_adds(b, ", ");
+        *first = false;
+        if (name && *name) {
+            tbuf_adds(b, name);
+            tbuf_adds(b, " <");
+        }
+        tbuf_adds(b, addr ? addr : "");
+        if (name && *name)
+            tbuf_addc(b, '>');
+    }
+}
+
+/* Writes an address header value as "Name <a@b>, c@d" (RFC 5322 §3.4). */
+static void
+json_address(struct json *j, const char *key, const char *raw, size_t len)
 {
     struct tbuf b;
     tbuf_init(&b, 0);
-    address_list(&b, list);
     json_key(j, key);
+    if (!raw || address_fast(&b, raw, len)) {
+        json_net_str(j, tbuf_ptr(&b), tbuf_len(&b), false);
+        tbuf_free(&b);
+        return;
+    }
+    tbuf_reset(&b);
+    /* GMime wants UTF-8: raw 8-bit bytes go through the header decoder. */
+    char *text = plain_ascii(raw, len) || text_valid_utf8(raw, len) ? strndup(raw, len)
+                                                                    : mime_decode_header(raw, len);
+    InternetAddressList *list = text ? internet_address_list_parse(NULL, text) : NULL;
+    bool first = true;
+    if (list && internet_address_list_length(list) > 0)
+        address_gmime(&b, list, &first);
+    else if (text)
+        tbuf_adds(&b, text); /* unparseable: shown as it is (TESTMATRIX M3) */
+    if (list)
+        g_object_unref(list);
+    free(text);
     json_net_str(j, tbuf_ptr(&b), tbuf_len(&b), false);
     tbuf_free(&b);
+}
+
+/* The header fields a summary needs, as raw values (unfolded). */
+enum summary_field {
+    SF_DATE,
+    SF_FROM,
+    SF_TO,
+    SF_SUBJECT,
+    SF_MESSAGE_ID,
+    SF_IN_REPLY_TO,
+    SF_REFERENCES,
+    SF_COUNT,
+};
+
+static const char *const summary_field_names[SF_COUNT] = {
+    "Date", "From", "To", "Subject", "Message-ID", "In-Reply-To", "References",
+};
+
+struct summary_headers {
+    const char *v[SF_COUNT];
+    size_t len[SF_COUNT];
+    struct tbuf unfolded[SF_COUNT]; /* used only for folded values */
+};
+
+/*
+ * Splits a header block (RFC 5322 §2.2) into the fields above. Values
+ * point into P unless folded, in which case they are unfolded into a
+ * buffer. The first occurrence of a field wins.
+ */
+static void
+headers_split(struct summary_headers *h, const char *p, size_t len)
+{
+    const char *end = p + len;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *line_end = eol ? eol : end;
+        const char *colon = memchr(p, ':', (size_t)(line_end - p));
+        const char *next = eol ? eol + 1 : end;
+        if (!colon || p == line_end || *p == ' ' || *p == '\t') {
+            p = next;
+            continue;
+        }
+        int f = -1;
+        size_t nlen = (size_t)(colon - p);
+        for (int i = 0; i < SF_COUNT; i++)
+            if (strlen(summary_field_names[i]) == nlen &&
+                strncasecmp(p, summary_field_names[i], nlen) == 0)
+                f = i;
+        /* The value runs on over continuation lines. */
+        const char *vend = line_end;
+        while (next < end && (*next == ' ' || *next == '\t')) {
+            const char *e2 = memchr(next, '\n', (size_t)(end - next));
+            vend = e2 ? e2 : end;
+            next = e2 ? e2 + 1 : end;
+        }
+        if (f >= 0 && !h->v[f]) {
+            const char *v = colon + 1;
+            size_t vlen = (size_t)(vend - v);
+            if (memchr(v, '\n', vlen)) {
+                struct tbuf *u = &h->unfolded[f];
+                for (size_t i = 0; i < vlen; i++)
+                    if (v[i] != '\r' && v[i] != '\n')
+                        tbuf_addc(u, v[i]);
+                v = tbuf_ptr(u);
+                vlen = tbuf_len(u);
+            }
+            while (vlen && (*v == ' ' || *v == '\t'))
+                v++, vlen--;
+            while (vlen && (v[vlen - 1] == '\r' || v[vlen - 1] == ' ' || v[vlen - 1] == '\t'))
+                vlen--;
+            h->v[f] = v;
+            h->len[f] = vlen;
+        }
+        p = next;
+    }
 }
 
 /* The first "<id>" in P (LEN bytes), without brackets; false when none. */
@@ -317,8 +461,8 @@ json_header_text(struct json *j, const char *raw, size_t len)
 enum tern_status
 summary_json(const struct imap_item *list, const char *folder, struct tbuf *out, uint32_t *uid)
 {
-    const struct imap_item *it_uid = NULL, *env = NULL, *size = NULL, *idate = NULL;
-    const struct imap_item *flags = NULL, *refs = NULL;
+    const struct imap_item *it_uid = NULL, *hdrs = NULL, *size = NULL, *idate = NULL;
+    const struct imap_item *flags = NULL;
     /* One pass over the name/value pairs (RFC 3501 §7.4.2). */
     for (const struct imap_item *it = list; it && it->next; it = it->next->next) {
         if (it->type != IMAP_ITEM_ATOM)
@@ -330,9 +474,9 @@ summary_json(const struct imap_item *list, const char *folder, struct tbuf *out,
             if (strcasecmp(n, "UID") == 0)
                 it_uid = v;
             break;
-        case 'e':
-            if (strcasecmp(n, "ENVELOPE") == 0)
-                env = v;
+        case 'b':
+            if (strncasecmp(n, "BODY[HEADER.FIELDS", 18) == 0)
+                hdrs = v; /* servers differ in how they echo the field list */
             break;
         case 'r':
             if (strcasecmp(n, "RFC822.SIZE") == 0)
@@ -346,16 +490,17 @@ summary_json(const struct imap_item *list, const char *folder, struct tbuf *out,
             if (strcasecmp(n, "FLAGS") == 0)
                 flags = v;
             break;
-        case 'b':
-            if (strcasecmp(n, SUMMARY_REFS_ITEM) == 0)
-                refs = v;
-            break;
         }
     }
     if (!it_uid || !it_uid->is_number || !it_uid->num || it_uid->num > UINT32_MAX)
         return TERN_E_PROTO;
     *uid = (uint32_t)it_uid->num;
-    const struct imap_item *e = env && env->type == IMAP_ITEM_LIST ? env->child : NULL;
+    struct summary_headers h;
+    memset(&h, 0, sizeof(h));
+    for (int i = 0; i < SF_COUNT; i++)
+        tbuf_init(&h.unfolded[i], 0);
+    if (imap_item_str(hdrs))
+        headers_split(&h, hdrs->str, hdrs->len);
 
     tbuf_reset(out);
     struct json j;
@@ -369,22 +514,20 @@ summary_json(const struct imap_item *list, const char *folder, struct tbuf *out,
     }
 
     char *date = NULL;
-    const struct imap_item *edate = imap_item_nth(e, 0);
-    if (imap_item_str(edate))
-        date = summary_iso_date(edate->str, edate->len, 0);
+    if (h.v[SF_DATE])
+        date = summary_iso_date(h.v[SF_DATE], h.len[SF_DATE], 0);
     if (!date && imap_item_str(idate))
         date = summary_iso_date(idate->str, idate->len, 1);
     json_key(&j, "date");
     json_cstr(&j, date);
     free(date);
 
-    json_envelope_addr(&j, "from", imap_item_nth(e, 2));
-    json_envelope_addr(&j, "to", imap_item_nth(e, 5));
+    json_address(&j, "from", h.v[SF_FROM], h.len[SF_FROM]);
+    json_address(&j, "to", h.v[SF_TO], h.len[SF_TO]);
 
-    const struct imap_item *subj = imap_item_nth(e, 1);
     json_key(&j, "subject");
-    if (imap_item_str(subj))
-        json_header_text(&j, subj->str, subj->len);
+    if (h.v[SF_SUBJECT])
+        json_header_text(&j, h.v[SF_SUBJECT], h.len[SF_SUBJECT]);
     else
         json_cstr(&j, "");
 
@@ -396,24 +539,27 @@ summary_json(const struct imap_item *list, const char *folder, struct tbuf *out,
     else
         json_null(&j);
 
-    const struct imap_item *mid = imap_item_nth(e, 9);
     json_key(&j, "message_id");
     const char *own = NULL;
     size_t ownlen = 0;
-    if (imap_item_str(mid)) {
-        own = mid->str;
-        ownlen = mid->len;
+    if (h.v[SF_MESSAGE_ID] && !first_msgid(h.v[SF_MESSAGE_ID], h.len[SF_MESSAGE_ID], &own,
+                                            &ownlen)) {
+        own = h.v[SF_MESSAGE_ID];
+        ownlen = h.len[SF_MESSAGE_ID];
         strip_msgid(&own, &ownlen);
-        json_net_str(&j, own, ownlen, false);
-    } else {
-        json_null(&j);
     }
+    if (own && ownlen)
+        json_net_str(&j, own, ownlen, false);
+    else
+        json_null(&j);
 
+    /* RFC 5322 §3.6.4: the first References entry is the thread's root. */
     const char *root = NULL;
     size_t rootlen = 0;
-    const struct imap_item *irt = imap_item_nth(e, 8);
-    if (!(imap_item_str(refs) && first_msgid(refs->str, refs->len, &root, &rootlen)) &&
-        !(imap_item_str(irt) && first_msgid(irt->str, irt->len, &root, &rootlen))) {
+    if (!(h.v[SF_REFERENCES] &&
+          first_msgid(h.v[SF_REFERENCES], h.len[SF_REFERENCES], &root, &rootlen)) &&
+        !(h.v[SF_IN_REPLY_TO] &&
+          first_msgid(h.v[SF_IN_REPLY_TO], h.len[SF_IN_REPLY_TO], &root, &rootlen))) {
         root = own;
         rootlen = ownlen;
     }
@@ -427,5 +573,7 @@ summary_json(const struct imap_item *list, const char *folder, struct tbuf *out,
         json_cstr(&j, tid);
     }
     json_obj_end(&j);
+    for (int i = 0; i < SF_COUNT; i++)
+        tbuf_free(&h.unfolded[i]);
     return j.st;
 }

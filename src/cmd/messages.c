@@ -26,6 +26,9 @@
 
 #define LIST_CHUNK 1000
 #define LIST_AHEAD 8
+/* From this many messages on, a second connection fetches every other chunk:
+ * the server then works on two cores, and its work is most of the time. */
+#define LIST_PARALLEL_MIN 4000
 
 /* ---- list and search ---- */
 
@@ -38,6 +41,7 @@ struct summary_row {
 struct list_chunk {
     struct list_run *run;
     struct sess_op op;
+    bool on_extra;
     /* What the chunk asked for: sequence numbers LO..HI, or the UIDS slice
      * (sorted descending). */
     uint32_t lo, hi;
@@ -49,6 +53,7 @@ struct list_chunk {
 
 struct list_run {
     struct tern_session *s;
+    const char *folder;       /* the folder listed */
     const char *folder_field; /* "folder" value for search, or NULL */
     struct tbuf scratch;
     enum tern_status st;
@@ -77,7 +82,7 @@ chunk_on_fetch(void *aux, const struct imap_response *r)
     struct list_chunk *ch = aux;
     struct list_run *run = ch->run;
     if (!r->name || strcmp(r->name, "FETCH") != 0 || !r->items ||
-        r->items->type != IMAP_ITEM_LIST || !fetch_item(r->items->child, "ENVELOPE"))
+        r->items->type != IMAP_ITEM_LIST || !summary_has_headers(r->items->child))
         return false; /* e.g. an unsolicited flag change */
     const struct imap_item *uidit = fetch_item(r->items->child, "UID");
     if (!uidit || !uidit->is_number || uidit->num > UINT32_MAX)
@@ -149,10 +154,46 @@ chunk_emit(struct list_chunk *ch)
     chunk_free_rows(ch);
 }
 
+/* Submits the FETCH of chunk CH (number IDX) on connection C. */
+static enum tern_status
+chunk_submit(struct list_run *run, struct list_chunk *ch, struct imap_conn *c, size_t idx,
+             uint32_t top, size_t total, const struct uid_list *uids)
+{
+    struct imap_args a;
+    imap_args_init(&a);
+    size_t first = idx * LIST_CHUNK;
+    size_t n = total - first < LIST_CHUNK ? total - first : LIST_CHUNK;
+    const char *name;
+    enum tern_status st;
+    if (uids) {
+        struct uid_list part = {.v = uids->v + first, .n = n};
+        ch->uids = part.v;
+        ch->nuids = n;
+        st = imap_args_raw(&a, " ");
+        if (!st)
+            st = cmd_args_uids(&a, &part);
+        name = "UID FETCH";
+    } else {
+        ch->hi = top - (uint32_t)first;
+        ch->lo = ch->hi - (uint32_t)n + 1;
+        st = imap_args_raw(&a, " %u:%u", ch->lo, ch->hi);
+        name = "FETCH";
+    }
+    if (!st)
+        st = imap_args_raw(&a, " " SUMMARY_FETCH_ITEMS);
+    ch->on_extra = c != run->s->imap;
+    if (!st)
+        st = sess_submit_on(run->s, c, name, &a, chunk_on_fetch, ch, &ch->op);
+    imap_args_free(&a);
+    return st;
+}
+
 /*
  * Fetches and writes the summaries of the messages given either as
  * sequence ranges from TOP down (UIDS NULL, COUNT messages) or as the UIDs
- * in UIDS (sorted descending).
+ * in UIDS (sorted descending). Chunks are written in order; with a large
+ * folder every other chunk goes over the extra connection once it is
+ * ready, and a chunk that fails there is fetched again on the main one.
  */
 static enum tern_status
 list_fetch(struct list_run *run, uint32_t top, uint32_t count, const struct uid_list *uids)
@@ -164,42 +205,29 @@ list_fetch(struct list_run *run, uint32_t top, uint32_t count, const struct uid_
     struct list_chunk ring[LIST_AHEAD];
     memset(ring, 0, sizeof(ring));
     size_t next = 0, done = 0;
+    if (total >= LIST_PARALLEL_MIN)
+        sess_extra_start(s, run->folder);
 
     while (done < nchunks && !st) {
         while (next < nchunks && next - done < LIST_AHEAD && !st) {
             struct list_chunk *ch = &ring[next % LIST_AHEAD];
             memset(ch, 0, sizeof(*ch));
             ch->run = run;
-            struct imap_args a;
-            imap_args_init(&a);
-            size_t first = next * LIST_CHUNK;
-            size_t n = total - first < LIST_CHUNK ? total - first : LIST_CHUNK;
-            const char *name;
-            if (uids) {
-                struct uid_list part = {.v = uids->v + first, .n = n};
-                ch->uids = part.v;
-                ch->nuids = n;
-                st = imap_args_raw(&a, " ");
-                if (!st)
-                    st = cmd_args_uids(&a, &part);
-                name = "UID FETCH";
-            } else {
-                ch->hi = top - (uint32_t)first;
-                ch->lo = ch->hi - (uint32_t)n + 1;
-                st = imap_args_raw(&a, " %u:%u", ch->lo, ch->hi);
-                name = "FETCH";
-            }
-            if (!st)
-                st = imap_args_raw(&a, " " SUMMARY_FETCH_ITEMS);
-            if (!st)
-                st = sess_submit(s, name, &a, chunk_on_fetch, ch, &ch->op);
-            imap_args_free(&a);
+            struct imap_conn *extra = next % 2 ? sess_extra_ready(s, run->folder) : NULL;
+            st = chunk_submit(run, ch, extra ? extra : s->imap, next, top, total, uids);
             next++;
         }
         if (st)
             break;
         struct list_chunk *ch = &ring[done % LIST_AHEAD];
         st = sess_wait(s, &ch->op, 1);
+        if (st && ch->on_extra && !run->st && !imap_is_dead(s->imap)) {
+            /* The extra connection failed: fetch this chunk on the main one. */
+            chunk_free_rows(ch);
+            st = chunk_submit(run, ch, s->imap, done, top, total, uids);
+            if (!st)
+                st = sess_wait(s, &ch->op, 1);
+        }
         if (!st)
             st = run->st;
         if (!st)
@@ -263,7 +291,7 @@ list_or_search(struct tern_session *s, const char *folder, const char *query, si
     enum tern_status st = sess_select(s, folder, false);
     if (st)
         return st;
-    struct list_run run = {.s = s, .folder_field = with_folder ? folder : NULL};
+    struct list_run run = {.s = s, .folder = folder, .folder_field = with_folder ? folder : NULL};
     tbuf_init(&run.scratch, 0);
     bool has_query = false;
     for (size_t i = 0; i < qlen; i++)
