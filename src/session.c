@@ -135,6 +135,12 @@ sess_extra_start(struct tern_session *s, const char *folder)
         x->state = SESS_EXTRA_FAILED;
 }
 
+bool
+sess_extra_pending(const struct tern_session *s)
+{
+    return s->extra.state == SESS_EXTRA_OPENING || s->extra.state == SESS_EXTRA_SELECTING;
+}
+
 struct imap_conn *
 sess_extra_ready(struct tern_session *s, const char *folder)
 {

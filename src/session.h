@@ -89,6 +89,9 @@ void sess_extra_start(struct tern_session *s, const char *folder);
 /* The extra connection when it is ready on FOLDER, else NULL. */
 struct imap_conn *sess_extra_ready(struct tern_session *s, const char *folder);
 
+/* Whether the extra connection is still on its way (opening or selecting). */
+bool sess_extra_pending(const struct tern_session *s);
+
 /* Runs the loop until every one of the N ops is done; returns the first
  * failure (the error slot holds its sentence). */
 enum tern_status sess_wait(struct tern_session *s, struct sess_op *ops, size_t n);

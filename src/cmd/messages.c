@@ -28,7 +28,7 @@
 #define LIST_AHEAD 8
 /* From this many messages on, a second connection fetches every other chunk:
  * the server then works on two cores, and its work is most of the time. */
-#define LIST_PARALLEL_MIN 4000
+#define LIST_PARALLEL_MIN 10000
 
 /* ---- list and search ---- */
 
@@ -210,11 +210,18 @@ list_fetch(struct list_run *run, uint32_t top, uint32_t count, const struct uid_
 
     while (done < nchunks && !st) {
         while (next < nchunks && next - done < LIST_AHEAD && !st) {
+            size_t on_main = 0, on_extra = 0;
+            for (size_t i = done; i < next; i++)
+                ring[i % LIST_AHEAD].on_extra ? on_extra++ : on_main++;
+            struct imap_conn *extra = sess_extra_ready(s, run->folder);
+            /* While the extra connection is on its way, keep chunks for it. */
+            if (!extra && sess_extra_pending(s) && on_main >= 2)
+                break;
+            struct imap_conn *c = extra && on_extra < on_main ? extra : s->imap;
             struct list_chunk *ch = &ring[next % LIST_AHEAD];
             memset(ch, 0, sizeof(*ch));
             ch->run = run;
-            struct imap_conn *extra = next % 2 ? sess_extra_ready(s, run->folder) : NULL;
-            st = chunk_submit(run, ch, extra ? extra : s->imap, next, top, total, uids);
+            st = chunk_submit(run, ch, c, next, top, total, uids);
             next++;
         }
         if (st)
