@@ -564,7 +564,50 @@ cmd_show(struct tern_session *s, const struct cmd_words *w, const char *line)
 struct save_ctx {
     const char *part;
     const char *file;
+    char *path; /* FILE, or a name inside FILE when it is a directory */
 };
+
+/*
+ * When the target is a directory, the file inside it is named after the
+ * part's own file name, made safe (TESTMATRIX M9: no "../", no absolute
+ * path, no control characters), else "part-ID" or "message-UID.eml".
+ */
+static enum tern_status
+save_target(struct raw_msg *m, struct save_ctx *ctx, uint32_t uid)
+{
+    struct stat sb;
+    if (stat(ctx->file, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        ctx->path = strdup(ctx->file);
+        return ctx->path ? TERN_OK : TERN_E_NOMEM;
+    }
+    char *name = NULL;
+    if (strcmp(ctx->part, "0") != 0) {
+        struct mime_view *v = NULL;
+        enum tern_status st = m->mem || m->fd < 0
+                                  ? mime_view_mem(m->mem ? m->mem : "", m->len, &v, &m->s->err)
+                                  : mime_view_fd(m->fd, &v, &m->s->err);
+        if (st)
+            return st;
+        for (size_t i = 0; i < v->nparts && !name; i++)
+            if (strcmp(v->parts[i].id, ctx->part) == 0 && v->parts[i].filename)
+                name = mime_safe_filename(v->parts[i].filename);
+        mime_view_free(v);
+    }
+    struct tbuf b;
+    tbuf_init(&b, 0);
+    const char *sep = ctx->file[strlen(ctx->file) - 1] == '/' ? "" : "/";
+    enum tern_status st;
+    if (name)
+        st = tbuf_addf(&b, "%s%s%s", ctx->file, sep, name);
+    else if (strcmp(ctx->part, "0") == 0)
+        st = tbuf_addf(&b, "%s%smessage-%u.eml", ctx->file, sep, uid);
+    else
+        st = tbuf_addf(&b, "%s%spart-%s", ctx->file, sep, ctx->part);
+    free(name);
+    ctx->path = st ? NULL : tbuf_take(&b);
+    tbuf_free(&b);
+    return ctx->path ? TERN_OK : TERN_E_NOMEM;
+}
 
 /* Copies the streamed message from FD to OUT. */
 static enum tern_status
@@ -597,15 +640,21 @@ save_use(struct raw_msg *m, uint32_t uid)
 {
     struct tern_session *s = m->s;
     struct save_ctx *ctx = m->ctx;
+    enum tern_status tst = save_target(m, ctx, uid);
+    if (tst)
+        return tst;
+    if (m->fd >= 0 && lseek(m->fd, 0, SEEK_SET) < 0)
+        return sess_fail(s, TERN_E_IO, "cannot read the fetched message: %s", strerror(errno));
+    const char *file = ctx->path;
     /* Written next to the target and renamed over it only when complete. */
-    size_t plen = strlen(ctx->file) + 16;
+    size_t plen = strlen(file) + 16;
     char *tmp = malloc(plen);
     if (!tmp)
         return TERN_E_NOMEM;
-    snprintf(tmp, plen, "%s.tmp-XXXXXX", ctx->file);
+    snprintf(tmp, plen, "%s.tmp-XXXXXX", file);
     int out = mkstemp(tmp);
     if (out < 0) {
-        enum tern_status st = sess_fail(s, TERN_E_IO, "cannot write %s: %s", ctx->file,
+        enum tern_status st = sess_fail(s, TERN_E_IO, "cannot write %s: %s", file,
                                         strerror(errno));
         free(tmp);
         return st;
@@ -632,18 +681,18 @@ save_use(struct raw_msg *m, uint32_t uid)
             st = TERN_OK;
         }
         if (st)
-            sess_fail(s, st, "cannot write %s: %s", ctx->file, strerror(errno));
+            sess_fail(s, st, "cannot write %s: %s", file, strerror(errno));
     } else if (m->mem || m->fd < 0) {
         st = mime_save_part_mem(m->mem ? m->mem : "", m->len, ctx->part, out, &size, &s->err);
     } else {
         st = mime_save_part_fd(m->fd, ctx->part, out, &size, &s->err);
     }
     if (!st && fsync(out) < 0)
-        st = sess_fail(s, TERN_E_IO, "cannot write %s: %s", ctx->file, strerror(errno));
+        st = sess_fail(s, TERN_E_IO, "cannot write %s: %s", file, strerror(errno));
     if (close(out) < 0 && !st)
-        st = sess_fail(s, TERN_E_IO, "cannot write %s: %s", ctx->file, strerror(errno));
-    if (!st && rename(tmp, ctx->file) < 0)
-        st = sess_fail(s, TERN_E_IO, "cannot write %s: %s", ctx->file, strerror(errno));
+        st = sess_fail(s, TERN_E_IO, "cannot write %s: %s", file, strerror(errno));
+    if (!st && rename(tmp, file) < 0)
+        st = sess_fail(s, TERN_E_IO, "cannot write %s: %s", file, strerror(errno));
     if (st)
         unlink(tmp);
     free(tmp);
@@ -653,7 +702,7 @@ save_use(struct raw_msg *m, uint32_t uid)
     sess_obj_begin(s, &j);
     json_obj(&j);
     json_key(&j, "saved");
-    json_cstr(&j, ctx->file);
+    json_cstr(&j, file);
     json_key(&j, "size");
     json_int(&j, (int64_t)size);
     json_obj_end(&j);
@@ -671,7 +720,9 @@ cmd_save(struct tern_session *s, const struct cmd_words *w, const char *line)
                              part);
     if (!*part)
         return sess_fail(s, TERN_E_USAGE, "empty part number");
-    struct save_ctx ctx = {part, w->v[4].text};
+    struct save_ctx ctx = {part, w->v[4].text, NULL};
     struct raw_msg m = {.use = save_use, .ctx = &ctx};
-    return fetch_raw(s, w->v[1].text, w->v[2].text, &m);
+    enum tern_status st = fetch_raw(s, w->v[1].text, w->v[2].text, &m);
+    free(ctx.path);
+    return st;
 }

@@ -142,6 +142,51 @@ class AddressTest(tern.TernCase):
             fwd.close()
 
 
+HOSTILE = (b"From: Mallory <mallory@example.org>\r\n"
+           b"To: Alice <alice@example.org>\r\n"
+           b"Subject: names\r\n"
+           b"Message-ID: <hostile-names@example.org>\r\n"
+           b"MIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+           b"--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+           b"--b\r\nContent-Type: text/plain\r\n"
+           b"Content-Disposition: attachment; filename=\"../../evil.sh\"\r\n\r\nrm -rf /\r\n"
+           b"--b\r\nContent-Type: text/plain\r\n"
+           b"Content-Disposition: attachment; filename=\"/etc/passwd\"\r\n\r\nroot\r\n"
+           b"--b\r\nContent-Type: text/plain\r\n"
+           b"Content-Disposition: attachment; filename=\".\x1b[2Jhidden\"\r\n\r\nx\r\n"
+           b"--b--\r\n")
+
+
+class SaveNamesTest(tern.TernCase):
+    """TESTMATRIX M9: a part saved into a directory stays inside it."""
+
+    @classmethod
+    def setUpClass(cls):
+        DC.add_message("alice", "Archive", HOSTILE)
+
+    def test_hostile_names_stay_inside_the_directory(self):
+        cfg = WS.write_config({"a": WS.account(DC)})
+        rows = self.assertOk(WS.run(cfg, "search Archive subject:names"))
+        uid = rows[0]["uid"]
+        show = self.assertOk(WS.run(cfg, "show Archive %d" % uid), count=1)[0]
+        target = WS.path("out", "m9")
+        os.makedirs(target, exist_ok=True)
+        saved = []
+        for part in show["parts"]:
+            if not part["filename"]:
+                continue
+            res = WS.run(cfg, "save Archive %d %s %s" % (uid, part["id"], target))
+            path = self.assertOk(res, count=1)[0]["saved"]
+            self.assertEqual(os.path.dirname(path), target, res.describe())
+            name = os.path.basename(path)
+            self.assertFalse(name.startswith("."), name)
+            self.assertTrue(all(0x20 <= ord(c) != 0x7f for c in name), repr(name))
+            saved.append(name)
+        self.assertEqual(len(saved), 3)
+        self.assertEqual(sorted(os.listdir(target)), sorted(saved))
+
+
 class ParallelListTest(tern.TernCase):
     def test_large_folder_uses_two_connections_and_lists_everything_once(self):
         cfg = WS.write_config({"b": WS.account(DC, "bob")})

@@ -352,6 +352,22 @@ class SaveTest(tern.TernCase):
             with self.subTest(name=name):
                 self.assertEqual(self.save(name, "0", "raw-%s.eml" % name), mail(name).data)
 
+    def test_save_into_directory_uses_the_part_name(self):
+        parts = self.parts("attachment")
+        att = mail("attachment").expect["attachments"][0]
+        folder, u, m = INDEX["attachment"]
+        target = WS.path("out", "dir-%d" % u)
+        os.makedirs(target, exist_ok=True)
+        res = run("save %s %d %s %s" % (quote(folder), u, parts[att["filename"]]["id"],
+                                        quote(target)), cache=False)
+        result = self.assertOk(res, count=1)[0]
+        self.assertEqual(result["saved"], os.path.join(target, att["filename"]))
+        with open(result["saved"], "rb") as f:
+            self.assertEqual(f.read(), att["data"])
+        res = run("save %s %d 0 %s" % (quote(folder), u, quote(target)), cache=False)
+        result = self.assertOk(res, count=1)[0]
+        self.assertEqual(result["saved"], os.path.join(target, "message-%d.eml" % u))
+
     def test_file_name_with_spaces_and_umlauts(self):
         data = self.save("utf8", "0", "Grüße aus Köln.eml")
         self.assertEqual(data, mail("utf8").data)
