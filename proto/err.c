@@ -3,11 +3,12 @@
  *
  * Layer: proto/. Includes only libc and proto headers.
  */
+#include "err.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
 #include "tbuf.h"
 
 const char *

@@ -10,12 +10,13 @@
  * exclusive command (STARTTLS, AUTHENTICATE, COMPRESS, IDLE, LOGOUT) while
  * anything is in flight, and at IMAP_PIPELINE_MAX commands in flight.
  */
+#include "imap.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#include "imap.h"
 #include "line.h"
 #include "tbuf.h"
 
@@ -27,25 +28,25 @@ enum imap_state {
     IMAP_ST_CONNECTING,
     IMAP_ST_TLS_HANDSHAKE, /* implicit TLS */
     IMAP_ST_GREETING,
-    IMAP_ST_PRETLS,        /* CAPABILITY/STARTTLS before the handshake */
+    IMAP_ST_PRETLS, /* CAPABILITY/STARTTLS before the handshake */
     IMAP_ST_STARTTLS_HANDSHAKE,
-    IMAP_ST_AUTH,          /* capabilities known, logging in */
-    IMAP_ST_POSTAUTH,      /* COMPRESS, ENABLE, ID, NAMESPACE */
+    IMAP_ST_AUTH,     /* capabilities known, logging in */
+    IMAP_ST_POSTAUTH, /* COMPRESS, ENABLE, ID, NAMESPACE */
     IMAP_ST_READY,
     IMAP_ST_LOGOUT,
     IMAP_ST_DEAD,
 };
 
 static const char *const imap_state_names[] = {
-    "NEW",      "CONNECTING", "TLS_HANDSHAKE", "GREETING", "PRETLS", "STARTTLS_HANDSHAKE",
-    "AUTH",     "POSTAUTH",   "READY",         "LOGOUT",   "DEAD",
+    "NEW",  "CONNECTING", "TLS_HANDSHAKE", "GREETING", "PRETLS", "STARTTLS_HANDSHAKE",
+    "AUTH", "POSTAUTH",   "READY",         "LOGOUT",   "DEAD",
 };
 
 enum imap_cmd_kind {
     IMAP_CMD_NORMAL,
-    IMAP_CMD_SETUP,    /* part of the connection phases: sent before READY */
+    IMAP_CMD_SETUP, /* part of the connection phases: sent before READY */
     IMAP_CMD_STARTTLS,
-    IMAP_CMD_AUTH,     /* AUTHENTICATE or LOGIN */
+    IMAP_CMD_AUTH, /* AUTHENTICATE or LOGIN */
     IMAP_CMD_COMPRESS,
     IMAP_CMD_IDLE,
     IMAP_CMD_LOGOUT,
@@ -57,12 +58,12 @@ struct imap_cmd {
     char tag[16];
     char *name;
     struct imap_args args;
-    struct tbuf wire;    /* the serialized command */
-    size_t *syncs;       /* offsets in WIRE after which "+" must be awaited */
+    struct tbuf wire; /* the serialized command */
+    size_t *syncs;    /* offsets in WIRE after which "+" must be awaited */
     size_t nsync, isync;
-    size_t sent;         /* bytes of WIRE handed to the line engine */
+    size_t sent; /* bytes of WIRE handed to the line engine */
     bool awaiting_cont;
-    bool secret;         /* carries credentials: never traced raw */
+    bool secret;           /* carries credentials: never traced raw */
     struct tbuf auth_next; /* AUTHENTICATE without SASL-IR: base64 to send on "+" */
     bool auth_sent;
     imap_untagged_fn on_untagged;
@@ -510,9 +511,8 @@ imap_on_tagged(struct imap_conn *c, const struct imap_response *r)
      * tagged NO or BAD (RFC 3501 §2.2.1); the rest is never sent.
      */
     if (!cmd || (cmd->awaiting_cont && r->cond == IMAP_COND_OK)) {
-        tern_err_set(c->err, TERN_E_PROTO, "IMAP server %s answered tag '%s' that %s",
-                     c->opts.host, r->tag,
-                     cmd ? "still awaits a continuation" : "is not in flight");
+        tern_err_set(c->err, TERN_E_PROTO, "IMAP server %s answered tag '%s' that %s", c->opts.host,
+                     r->tag, cmd ? "still awaits a continuation" : "is not in flight");
         imap_fail(c, TERN_E_PROTO);
         return;
     }
@@ -905,17 +905,16 @@ imap_step_auth(struct imap_conn *c)
         char capname[32];
         snprintf(capname, sizeof(capname), "AUTH=%s", sasl_mech_name(mech));
         if (!imap_has_cap(c, capname)) {
-            tern_err_set(c->err, TERN_E_UNSUPPORTED,
-                         "IMAP server %s does not offer AUTH=%s", c->opts.host,
-                         sasl_mech_name(mech));
+            tern_err_set(c->err, TERN_E_UNSUPPORTED, "IMAP server %s does not offer AUTH=%s",
+                         c->opts.host, sasl_mech_name(mech));
             imap_fail(c, TERN_E_UNSUPPORTED);
             return;
         }
         struct tbuf raw, b64;
         tbuf_init(&raw, 0);
         tbuf_init(&b64, 0);
-        st = sasl_initial_response(mech, c->opts.user, c->opts.secret, c->opts.host,
-                                   c->opts.port, &raw);
+        st = sasl_initial_response(mech, c->opts.user, c->opts.secret, c->opts.host, c->opts.port,
+                                   &raw);
         if (!st)
             st = sasl_b64_encode(tbuf_ptr(&raw), tbuf_len(&raw), &b64);
         bool ir = imap_has_cap(c, "SASL-IR");
@@ -1005,10 +1004,9 @@ imap_on_auth_caps(void *aux, enum tern_status st, const struct imap_response *r)
 static void
 imap_on_greeting(struct imap_conn *c, const struct imap_response *r)
 {
-    if (r->kind != IMAP_RESP_UNTAGGED || r->cond == IMAP_COND_NONE ||
-        r->cond == IMAP_COND_NO || r->cond == IMAP_COND_BAD) {
-        tern_err_set(c->err, TERN_E_PROTO, "IMAP server %s sent no valid greeting",
-                     c->opts.host);
+    if (r->kind != IMAP_RESP_UNTAGGED || r->cond == IMAP_COND_NONE || r->cond == IMAP_COND_NO ||
+        r->cond == IMAP_COND_BAD) {
+        tern_err_set(c->err, TERN_E_PROTO, "IMAP server %s sent no valid greeting", c->opts.host);
         imap_fail(c, TERN_E_PROTO);
         return;
     }

@@ -28,13 +28,14 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "tern.h"
+
 #include "err.h"
 #include "imap_args.h"
 #include "imap_parse.h"
 #include "loop.h"
 #include "net.h"
 #include "sasl.h"
-#include "tern.h"
 
 enum imap_security {
     IMAP_SEC_IMPLICIT_TLS, /* imaps:// */
@@ -52,8 +53,8 @@ struct imap_opts {
     const char *user;
     const char *secret; /* password, or OAuth token for XOAUTH2/OAUTHBEARER */
     enum sasl_mech mech;
-    int timeout_ms;     /* connect, handshake and reply inactivity */
-    bool compress;      /* use COMPRESS=DEFLATE when offered */
+    int timeout_ms; /* connect, handshake and reply inactivity */
+    bool compress;  /* use COMPRESS=DEFLATE when offered */
     struct imap_limits limits;
     /*
      * Optional protocol trace; lines tern sends that carry credentials are

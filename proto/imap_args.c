@@ -3,11 +3,11 @@
  *
  * Layer: proto/.
  */
+#include "imap_args.h"
+
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "imap_args.h"
 
 void
 imap_args_init(struct imap_args *a)

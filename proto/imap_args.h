@@ -13,8 +13,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "tbuf.h"
 #include "tern.h"
+
+#include "tbuf.h"
 
 enum imap_arg_type {
     IMAP_ARG_RAW,    /* sent verbatim */

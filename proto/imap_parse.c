@@ -32,6 +32,8 @@
  * status response may omit the space before its code or text; a garbled
  * response code is not an error but becomes part of the text.
  */
+#include "imap_parse.h"
+
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -41,7 +43,6 @@
 #include <string.h>
 
 #include "err.h"
-#include "imap_parse.h"
 #include "tbuf.h"
 
 /* Sizes of arena blocks: the first adapts to the previous response. */
@@ -335,7 +336,7 @@ add_item(struct imap_parser *p, enum imap_item_type type, struct imap_item **out
     if (st)
         return st;
     struct imap_item *it = mem;
-    *it = (struct imap_item){ .type = type };
+    *it = (struct imap_item){.type = type};
     struct frame *f = &p->frames[p->nframes - 1];
     *f->tail = it;
     f->tail = &it->next;
@@ -366,7 +367,7 @@ open_list(struct imap_parser *p, struct tern_err *err)
     enum tern_status st = add_item(p, IMAP_ITEM_LIST, &it, err);
     if (st)
         return st;
-    p->frames[p->nframes++] = (struct frame){ .list = it, .tail = &it->child };
+    p->frames[p->nframes++] = (struct frame){.list = it, .tail = &it->child};
     return TERN_OK;
 }
 
@@ -585,8 +586,8 @@ response_start(struct imap_parser *p, struct tern_err *err)
         return st;
     p->holder = mem;
     p->holder->blocks = NULL;
-    p->holder->r = (struct imap_response){ .kind = IMAP_RESP_UNTAGGED, .text = "" };
-    p->frames[0] = (struct frame){ .list = NULL, .tail = &p->holder->r.items };
+    p->holder->r = (struct imap_response){.kind = IMAP_RESP_UNTAGGED, .text = ""};
+    p->frames[0] = (struct frame){.list = NULL, .tail = &p->holder->r.items};
     p->nframes = 1;
     p->streams = NULL;
     p->streams_tail = &p->streams;
@@ -711,8 +712,8 @@ parse_head(struct imap_parser *p, const char *s, size_t len, size_t *posp, bool 
         const char *word;
         enum imap_cond cond;
     } conds[] = {
-        { "OK", IMAP_COND_OK },           { "NO", IMAP_COND_NO },   { "BAD", IMAP_COND_BAD },
-        { "PREAUTH", IMAP_COND_PREAUTH }, { "BYE", IMAP_COND_BYE },
+        {"OK", IMAP_COND_OK},           {"NO", IMAP_COND_NO},   {"BAD", IMAP_COND_BAD},
+        {"PREAUTH", IMAP_COND_PREAUTH}, {"BYE", IMAP_COND_BYE},
     };
     r->cond = IMAP_COND_NONE;
     if (!r->has_number)
@@ -925,7 +926,7 @@ imap_parser_new(const struct imap_limits *lim)
     struct imap_parser *p = malloc(sizeof *p);
     if (!p)
         return NULL;
-    *p = (struct imap_parser){ .phase = PH_IDLE, .nframes = 1, .frames_cap = 16 };
+    *p = (struct imap_parser){.phase = PH_IDLE, .nframes = 1, .frames_cap = 16};
     if (lim)
         p->lim = *lim;
     else
@@ -962,7 +963,7 @@ imap_parser_set_sink(struct imap_parser *p, const struct imap_literal_sink *sink
         p->sink = *sink;
         p->has_sink = true;
     } else {
-        p->sink = (struct imap_literal_sink){ 0 };
+        p->sink = (struct imap_literal_sink){0};
         p->has_sink = false;
     }
 }

@@ -25,13 +25,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "err.h"
 #include "tern.h"
 
+#include "err.h"
+
 enum imap_item_type {
-    IMAP_ITEM_ATOM,     /* includes flags (\Seen), numbers and bracketed
-                         * atoms such as BODY[HEADER.FIELDS (FROM)]<0> */
-    IMAP_ITEM_STRING,   /* quoted string or literal held in memory */
+    IMAP_ITEM_ATOM,   /* includes flags (\Seen), numbers and bracketed
+                       * atoms such as BODY[HEADER.FIELDS (FROM)]<0> */
+    IMAP_ITEM_STRING, /* quoted string or literal held in memory */
     IMAP_ITEM_NIL,
     IMAP_ITEM_LIST,     /* parenthesised list */
     IMAP_ITEM_STREAMED, /* literal that went to the literal sink */
@@ -110,13 +111,13 @@ struct imap_response {
 };
 
 struct imap_limits {
-    size_t line_max;       /* longest line (between literals), bytes */
-    uint64_t literal_max;  /* largest literal accepted at all */
-    size_t inline_max;     /* largest literal kept in memory; larger ones
-                              go to the sink, or are an error without one */
-    size_t response_max;   /* bytes held in memory for one response */
-    unsigned depth_max;    /* deepest nesting of parenthesised lists */
-    size_t items_max;      /* items in one response */
+    size_t line_max;      /* longest line (between literals), bytes */
+    uint64_t literal_max; /* largest literal accepted at all */
+    size_t inline_max;    /* largest literal kept in memory; larger ones
+                             go to the sink, or are an error without one */
+    size_t response_max;  /* bytes held in memory for one response */
+    unsigned depth_max;   /* deepest nesting of parenthesised lists */
+    size_t items_max;     /* items in one response */
 };
 
 /* Defaults: line 1 MiB, literal 1 GiB, inline 1 MiB, response 64 MiB,
@@ -194,8 +195,8 @@ const struct imap_item *imap_item_nth(const struct imap_item *first, size_t n);
  * tests and the fuzzer; the engine feeds lines itself.
  */
 enum tern_status imap_parse_buffer(const struct imap_limits *lim, const char *buf, size_t len,
-                                   void (*cb)(const struct imap_response *r, void *aux),
-                                   void *aux, struct tern_err *err);
+                                   void (*cb)(const struct imap_response *r, void *aux), void *aux,
+                                   struct tern_err *err);
 
 /*
  * The same with a literal sink (copied; NULL for none), so that literals

@@ -3,10 +3,11 @@
  *
  * Layer: proto/. Includes libc and proto headers only.
  */
+#include "line.h"
+
 #include <stdlib.h>
 #include <string.h>
 
-#include "line.h"
 #include "tbuf.h"
 
 #define LINE_READ_CHUNK 65536
@@ -88,8 +89,8 @@ line_on_timeout(void *aux)
     struct line_conn *l = aux;
     l->timer = NULL;
     if (l->opts.timeout_ms % 1000)
-        tern_err_set(l->err, TERN_E_TIMEOUT, "%s server %s did not answer for %d ms",
-                     l->opts.proto, l->opts.net.host, l->opts.timeout_ms);
+        tern_err_set(l->err, TERN_E_TIMEOUT, "%s server %s did not answer for %d ms", l->opts.proto,
+                     l->opts.net.host, l->opts.timeout_ms);
     else
         tern_err_set(l->err, TERN_E_TIMEOUT, "%s server %s did not answer for %d seconds",
                      l->opts.proto, l->opts.net.host, l->opts.timeout_ms / 1000);
@@ -164,8 +165,8 @@ enum tern_status
 line_start_deflate(struct line_conn *l)
 {
     if (tbuf_len(&l->rbuf))
-        return tern_err_set(l->err, TERN_E_PROTO,
-                            "%s server sent data after its COMPRESS go-ahead", l->opts.proto);
+        return tern_err_set(l->err, TERN_E_PROTO, "%s server sent data after its COMPRESS go-ahead",
+                            l->opts.proto);
     return net_start_deflate(l->net);
 }
 
@@ -243,9 +244,8 @@ line_process(struct line_conn *l)
         if (len && p[len - 1] == '\r')
             len--;
         if (len > l->opts.line_max)
-            return tern_err_set(l->err, TERN_E_PROTO,
-                                "%s server sent a line longer than %zu bytes", l->opts.proto,
-                                l->opts.line_max);
+            return tern_err_set(l->err, TERN_E_PROTO, "%s server sent a line longer than %zu bytes",
+                                l->opts.proto, l->opts.line_max);
         /*
          * Consume before the callback so that a STARTTLS go-ahead sees
          * exactly the bytes that followed its line.
@@ -296,12 +296,8 @@ line_on_net(void *aux, enum net_event ev, enum tern_status st)
         line_arm_timer(l);
         l->h.on_event(l->aux, LINE_EV_CONNECTED, TERN_OK);
         break;
-    case NET_EV_TLS_DONE:
-        l->h.on_event(l->aux, LINE_EV_TLS_DONE, TERN_OK);
-        break;
-    case NET_EV_READABLE:
-        line_on_readable(l);
-        break;
+    case NET_EV_TLS_DONE: l->h.on_event(l->aux, LINE_EV_TLS_DONE, TERN_OK); break;
+    case NET_EV_READABLE: line_on_readable(l); break;
     case NET_EV_WRITABLE: {
         enum tern_status fst = line_flush(l);
         if (fst)
@@ -310,8 +306,6 @@ line_on_net(void *aux, enum net_event ev, enum tern_status st)
             line_arm_timer(l);
         break;
     }
-    case NET_EV_ERROR:
-        line_fail(l, st);
-        break;
+    case NET_EV_ERROR: line_fail(l, st); break;
     }
 }

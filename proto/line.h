@@ -15,10 +15,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tern.h"
+
 #include "err.h"
 #include "loop.h"
 #include "net.h"
-#include "tern.h"
 
 enum line_event {
     LINE_EV_CONNECTED, /* TCP up */

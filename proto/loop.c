@@ -8,12 +8,12 @@
  * reaped after the callbacks of the iteration ran, so a callback can never
  * see a freed watch.
  */
+#include "loop.h"
+
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <time.h>
-
-#include "loop.h"
 
 struct loop_watch {
     struct loop *loop;
@@ -87,8 +87,7 @@ grow(void **arr, size_t *cap, size_t need, size_t elem)
 }
 
 enum tern_status
-loop_watch(struct loop *l, int fd, short events, loop_fd_fn fn, void *aux,
-           struct loop_watch **out)
+loop_watch(struct loop *l, int fd, short events, loop_fd_fn fn, void *aux, struct loop_watch **out)
 {
     if (grow((void **)&l->watches, &l->capwatches, l->nwatches + 1, sizeof(*l->watches)))
         return TERN_E_NOMEM;

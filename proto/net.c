@@ -6,6 +6,8 @@
  * States: RESOLVED -> CONNECTING -> OPEN [-> HANDSHAKE -> OPEN(tls)] -> DEAD.
  * Every failure moves to DEAD and reports NET_EV_ERROR once.
  */
+#include "net.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
@@ -21,7 +23,6 @@
 #include <openssl/x509v3.h>
 #include <zlib.h>
 
-#include "net.h"
 #include "tbuf.h"
 
 enum net_state {
@@ -157,8 +158,8 @@ net_on_timeout(void *aux)
     struct net_conn *c = aux;
     c->timer = NULL;
     if (c->state == NET_ST_CONNECTING)
-        tern_err_set(c->err, TERN_E_TIMEOUT, "connecting to %s port %d timed out",
-                     c->opts.host, c->opts.port);
+        tern_err_set(c->err, TERN_E_TIMEOUT, "connecting to %s port %d timed out", c->opts.host,
+                     c->opts.port);
     else
         tern_err_set(c->err, TERN_E_TIMEOUT, "TLS handshake with %s timed out", c->opts.host);
     net_fail(c, TERN_E_TIMEOUT);
@@ -177,8 +178,8 @@ net_try_next(struct net_conn *c)
             close(c->fd);
             c->fd = -1;
         }
-        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                        ai->ai_protocol);
+        int fd =
+            socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
         if (fd < 0) {
             c->last_errno = errno;
             continue;
@@ -343,11 +344,9 @@ net_start_tls(struct net_conn *c)
     if (c->opts.verify == NET_VERIFY_CHAIN) {
         if (SSL_CTX_set_default_verify_paths(c->ctx) != 1)
             return tern_err_set(c->err, TERN_E_TLS, "cannot load the system CA store");
-        if (c->opts.ca_file &&
-            SSL_CTX_load_verify_locations(c->ctx, c->opts.ca_file, NULL) != 1) {
+        if (c->opts.ca_file && SSL_CTX_load_verify_locations(c->ctx, c->opts.ca_file, NULL) != 1) {
             ERR_clear_error();
-            return tern_err_set(c->err, TERN_E_TLS, "cannot load tls_ca_file %s",
-                                c->opts.ca_file);
+            return tern_err_set(c->err, TERN_E_TLS, "cannot load tls_ca_file %s", c->opts.ca_file);
         }
         SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
     } else {
@@ -423,8 +422,8 @@ net_read_raw(struct net_conn *c, char *buf, size_t cap, size_t *got)
             return TERN_OK;
         }
         if (e == SSL_ERROR_ZERO_RETURN ||
-            (e == SSL_ERROR_SSL && ERR_GET_REASON(ERR_peek_error()) ==
-                                       SSL_R_UNEXPECTED_EOF_WHILE_READING) ||
+            (e == SSL_ERROR_SSL &&
+             ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) ||
             (e == SSL_ERROR_SYSCALL && errno == 0)) {
             ERR_clear_error();
             return tern_err_set(c->err, TERN_E_IO, "connection closed by the server");
@@ -492,8 +491,7 @@ net_write_raw(struct net_conn *c, const char *buf, size_t len, size_t *done)
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
         return TERN_OK;
-    return tern_err_set(c->err, TERN_E_IO, "write to %s failed: %s", c->opts.host,
-                        strerror(errno));
+    return tern_err_set(c->err, TERN_E_IO, "write to %s failed: %s", c->opts.host, strerror(errno));
 }
 
 enum tern_status
@@ -547,8 +545,7 @@ net_flush_pending(struct net_conn *c)
 {
     while (tbuf_len(&c->zpending)) {
         size_t n = 0;
-        enum tern_status st =
-            net_write_raw(c, tbuf_ptr(&c->zpending), tbuf_len(&c->zpending), &n);
+        enum tern_status st = net_write_raw(c, tbuf_ptr(&c->zpending), tbuf_len(&c->zpending), &n);
         if (st)
             return st;
         if (n == 0)
@@ -614,16 +611,10 @@ net_on_fd(void *aux, short revents)
 {
     struct net_conn *c = aux;
     switch (c->state) {
-    case NET_ST_CONNECTING:
-        net_on_connected(c);
-        return;
-    case NET_ST_HANDSHAKE:
-        net_handshake_step(c);
-        return;
-    case NET_ST_OPEN:
-        break;
-    default:
-        return;
+    case NET_ST_CONNECTING: net_on_connected(c); return;
+    case NET_ST_HANDSHAKE: net_handshake_step(c); return;
+    case NET_ST_OPEN: break;
+    default: return;
     }
     if (revents & POLLOUT) {
         if (tbuf_len(&c->zpending) && net_flush_pending(c)) {

@@ -18,9 +18,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "tern.h"
+
 #include "err.h"
 #include "loop.h"
-#include "tern.h"
 
 enum net_verify {
     NET_VERIFY_CHAIN = 0,   /* chain and host name */
@@ -28,7 +29,7 @@ enum net_verify {
 };
 
 struct net_opts {
-    const char *host;       /* borrowed; name or IP literal */
+    const char *host; /* borrowed; name or IP literal */
     int port;
     enum net_verify verify;
     unsigned char fingerprint[32];
@@ -53,8 +54,8 @@ struct net_conn;
  * copied (the strings it points to must outlive the connection). ERR is the
  * error slot failures are written to; it is borrowed.
  */
-enum tern_status net_new(struct loop *loop, const struct net_opts *opts, net_event_fn fn,
-                         void *aux, struct tern_err *err, struct net_conn **out);
+enum tern_status net_new(struct loop *loop, const struct net_opts *opts, net_event_fn fn, void *aux,
+                         struct tern_err *err, struct net_conn **out);
 /* Closes the socket (without any goodbye) and frees. Accepts NULL. */
 void net_free(struct net_conn *c);
 

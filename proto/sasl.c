@@ -3,12 +3,12 @@
  *
  * Layer: proto/. Secrets pass through here; nothing is ever logged.
  */
+#include "sasl.h"
+
 #include <string.h>
 #include <strings.h>
 
 #include <openssl/evp.h>
-
-#include "sasl.h"
 
 const char *
 sasl_mech_name(enum sasl_mech m)
@@ -54,8 +54,7 @@ sasl_initial_response(enum sasl_mech m, const char *user, const char *secret, co
             !(st = tbuf_addc(out, '\0')))
             st = tbuf_adds(out, secret);
         return st;
-    case SASL_XOAUTH2:
-        return tbuf_addf(out, "user=%s\1auth=Bearer %s\1\1", user, secret);
+    case SASL_XOAUTH2: return tbuf_addf(out, "user=%s\1auth=Bearer %s\1\1", user, secret);
     case SASL_OAUTHBEARER:
         /* RFC 7628 §3.1: gs2 header, then key/value pairs. */
         if (strchr(user, ',') || strchr(user, '='))
@@ -63,8 +62,7 @@ sasl_initial_response(enum sasl_mech m, const char *user, const char *secret, co
         return tbuf_addf(out, "n,a=%s,\1host=%s\1port=%d\1auth=Bearer %s\1\1", user, host, port,
                          secret);
     case SASL_LOGIN:
-    case SASL_AUTO:
-        break;
+    case SASL_AUTO: break;
     }
     return TERN_E_USAGE;
 }

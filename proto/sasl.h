@@ -11,8 +11,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "tbuf.h"
 #include "tern.h"
+
+#include "tbuf.h"
 
 enum sasl_mech {
     SASL_AUTO = 0, /* choose from what the server offers */

@@ -3,13 +3,13 @@
  *
  * Layer: proto/. Includes only libc and tbuf.h.
  */
+#include "tbuf.h"
+
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "tbuf.h"
 
 void
 tbuf_init(struct tbuf *b, size_t max)

@@ -11,8 +11,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "tbuf.h"
 #include "tern.h"
+
+#include "tbuf.h"
 
 /* '*' (the largest UID in the mailbox) is stored as UIDSET_STAR. */
 #define UIDSET_STAR UINT32_MAX

@@ -11,6 +11,8 @@
  * every signal, because the event loop ignores SIGPIPE and a shell pipeline
  * such as `gpg ... | head -1` relies on it.
  */
+#include "account.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -27,8 +29,6 @@
 
 #include "err.h"
 #include "tbuf.h"
-
-#include "account.h"
 
 extern char **environ;
 
@@ -207,8 +207,7 @@ run_password_command(const struct tern_account *acct, char **out, struct tern_er
         struct pollfd pfd[2] = {{.fd = out_open ? outp[0] : -1, .events = POLLIN},
                                 {.fd = err_open ? errp[0] : -1, .events = POLLIN}};
         if (poll(pfd, 2, 100) < 0 && errno != EINTR) {
-            st = tern_err_set(err, TERN_E_IO, "cannot read password_command: %s",
-                              strerror(errno));
+            st = tern_err_set(err, TERN_E_IO, "cannot read password_command: %s", strerror(errno));
             goto done;
         }
         if (out_open && pfd[0].revents)
@@ -235,8 +234,7 @@ run_password_command(const struct tern_account *acct, char **out, struct tern_er
         int fd = k == 0 ? outp[0] : errp[0];
         bool *open = k == 0 ? &out_open : &err_open;
         if (*open && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) {
-            st = tern_err_set(err, TERN_E_IO, "cannot read password_command: %s",
-                              strerror(errno));
+            st = tern_err_set(err, TERN_E_IO, "cannot read password_command: %s", strerror(errno));
             goto done;
         }
         idle = false;

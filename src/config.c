@@ -29,6 +29,8 @@
  * not thread-safe with respect to other users of inih in the process (tern
  * has none).
  */
+#include "config.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -48,8 +50,6 @@
 #include "tern.h"
 
 #include "tbuf.h"
-
-#include "config.h"
 
 /* The longest line accepted, without its line ending. */
 #define CONFIG_LINE_MAX (64 * 1024)
@@ -119,22 +119,21 @@ static const char *const config_auth_names[] = {"plain", "login", "xoauth2", "oa
 struct config_parser {
     const char *text; /* borrowed: the whole file */
     size_t len;
-    size_t pos;       /* start of the next line */
-    int lineno;       /* the line config_reader() handed out last */
-    char *shown;      /* owned: the file name for sentences, $HOME as ~ */
+    size_t pos;  /* start of the next line */
+    int lineno;  /* the line config_reader() handed out last */
+    char *shown; /* owned: the file name for sentences, $HOME as ~ */
     struct tern_config *cfg;
     struct tern_account *cur;   /* borrowed from cfg: the open section */
     struct tern_account **tail; /* where the next account is linked */
     int account_count;
-    int *account_lines;         /* owned: the header line of each account */
+    int *account_lines;              /* owned: the header line of each account */
     int key_lines[CONFIG_KEY_COUNT]; /* lines of the open section's keys, 0 when unset */
-    enum tern_status st;        /* the first error; TERN_OK until then */
-    char *errmsg;               /* owned: its sentence */
+    enum tern_status st;             /* the first error; TERN_OK until then */
+    char *errmsg;                    /* owned: its sentence */
 };
 
-static int
-config_fail(struct config_parser *ps, enum tern_status st, int line, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+static int config_fail(struct config_parser *ps, enum tern_status st, int line, const char *fmt,
+                       ...) __attribute__((format(printf, 4, 5)));
 
 /*
  * Records the first error of the parse as "FILE:LINE: sentence" (or
@@ -192,7 +191,7 @@ quote_len(const char *s, size_t len)
 }
 
 #define QUOTE_FMT "'%.*s%s'"
-#define QUOTE_ARGS(s)                                                                             \
+#define QUOTE_ARGS(s)                                                                              \
     quote_len((s), strlen(s)), (s), (size_t)quote_len((s), strlen(s)) < strlen(s) ? "..." : ""
 
 static bool
@@ -431,8 +430,8 @@ url_parse(const char *p, size_t len, struct tern_url **out, struct tbuf *why)
     *out = NULL;
 
     size_t i = 0;
-    while (i < len && (is_alpha(p[i]) || (i > 0 && (is_digit(p[i]) || p[i] == '+' ||
-                                                    p[i] == '-' || p[i] == '.'))))
+    while (i < len && (is_alpha(p[i]) ||
+                       (i > 0 && (is_digit(p[i]) || p[i] == '+' || p[i] == '-' || p[i] == '.'))))
         i++;
     if (i == 0 || len - i < 3 || memcmp(p + i, "://", 3) != 0) {
         tbuf_adds(why, "expected scheme://host, as in imaps://user@host");
@@ -440,8 +439,7 @@ url_parse(const char *p, size_t len, struct tern_url **out, struct tbuf *why)
     }
     const struct config_scheme *scheme = NULL;
     for (size_t k = 0; k < sizeof config_schemes / sizeof config_schemes[0]; k++) {
-        if (strlen(config_schemes[k].name) == i &&
-            strncasecmp(p, config_schemes[k].name, i) == 0)
+        if (strlen(config_schemes[k].name) == i && strncasecmp(p, config_schemes[k].name, i) == 0)
             scheme = &config_schemes[k];
     }
     if (!scheme) {
@@ -688,11 +686,11 @@ config_finish_account(struct config_parser *ps)
         return 1;
     int header = ps->account_lines[ps->account_count - 1];
     if (!a->imap && !a->pop3 && !a->smtp)
-        return config_fail(ps, TERN_E_CONFIG, header,
-                           "[account %s] has no imap, pop3 or smtp key", a->name);
+        return config_fail(ps, TERN_E_CONFIG, header, "[account %s] has no imap, pop3 or smtp key",
+                           a->name);
     if (a->smtp && !a->from)
-        return config_fail(ps, TERN_E_CONFIG, header,
-                           "[account %s] has smtp but no from key", a->name);
+        return config_fail(ps, TERN_E_CONFIG, header, "[account %s] has smtp but no from key",
+                           a->name);
     if (a->tls == TERN_TLS_OFF) {
         const struct tern_url *urls[] = {a->imap, a->pop3, a->smtp};
         for (size_t k = 0; k < 3; k++) {
@@ -760,10 +758,9 @@ config_on_section(struct config_parser *ps, const char *line, size_t len)
     while (ilen && is_blank(in[ilen - 1]))
         ilen--;
     if (ilen < 7 || memcmp(in, "account", 7) != 0 || (ilen > 7 && !is_blank(in[7])))
-        return config_fail(ps, TERN_E_CONFIG, ps->lineno,
-                           "unknown section '[%.*s%s]' (expected [account NAME])",
-                           quote_len(in, ilen), in,
-                           (size_t)quote_len(in, ilen) < ilen ? "..." : "");
+        return config_fail(
+            ps, TERN_E_CONFIG, ps->lineno, "unknown section '[%.*s%s]' (expected [account NAME])",
+            quote_len(in, ilen), in, (size_t)quote_len(in, ilen) < ilen ? "..." : "");
     const char *name = in + 7;
     size_t nlen = ilen - 7;
     while (nlen && is_blank(*name))
@@ -820,8 +817,7 @@ set_string(struct config_parser *ps, char **field, const char *value)
 }
 
 static int
-set_url(struct config_parser *ps, enum config_key key, struct tern_url **field,
-        const char *value)
+set_url(struct config_parser *ps, enum config_key key, struct tern_url **field, const char *value)
 {
     const char *name = config_key_names[key];
     struct tbuf why;
@@ -890,12 +886,12 @@ config_on_pair(void *user, const char *section, const char *name, const char *va
             key = (enum config_key)k;
     }
     if (key == CONFIG_KEY_COUNT)
-        return config_fail(ps, TERN_E_CONFIG, ps->lineno, "unknown key " QUOTE_FMT
-                           " in [account %s]", QUOTE_ARGS(name), a->name);
+        return config_fail(ps, TERN_E_CONFIG, ps->lineno,
+                           "unknown key " QUOTE_FMT " in [account %s]", QUOTE_ARGS(name), a->name);
     if (ps->key_lines[key])
         return config_fail(ps, TERN_E_CONFIG, ps->lineno,
-                           "duplicate key '%s' in [account %s] (first on line %d)", name,
-                           a->name, ps->key_lines[key]);
+                           "duplicate key '%s' in [account %s] (first on line %d)", name, a->name,
+                           ps->key_lines[key]);
     ps->key_lines[key] = ps->lineno;
     if (*value == '\0')
         return config_fail(ps, TERN_E_CONFIG, ps->lineno,
@@ -908,12 +904,9 @@ config_on_pair(void *user, const char *section, const char *name, const char *va
         if (!strchr(value, '@'))
             return bad_value(ps, key, value, "an address such as Name <user@example.org>");
         return set_string(ps, &a->from, value);
-    case CONFIG_KEY_IMAP:
-        return set_url(ps, key, &a->imap, value);
-    case CONFIG_KEY_POP3:
-        return set_url(ps, key, &a->pop3, value);
-    case CONFIG_KEY_SMTP:
-        return set_url(ps, key, &a->smtp, value);
+    case CONFIG_KEY_IMAP: return set_url(ps, key, &a->imap, value);
+    case CONFIG_KEY_POP3: return set_url(ps, key, &a->pop3, value);
+    case CONFIG_KEY_SMTP: return set_url(ps, key, &a->smtp, value);
     case CONFIG_KEY_PASSWORD_COMMAND:
     case CONFIG_KEY_PASSWORD:
         if (ps->key_lines[CONFIG_KEY_PASSWORD] && ps->key_lines[CONFIG_KEY_PASSWORD_COMMAND])
@@ -943,8 +936,7 @@ config_on_pair(void *user, const char *section, const char *name, const char *va
             a->tls = TERN_TLS_FINGERPRINT;
             return 1;
         }
-        return bad_value(ps, key, value,
-                         "verify, off or fingerprint:sha256: and 64 hex digits");
+        return bad_value(ps, key, value, "verify, off or fingerprint:sha256: and 64 hex digits");
     case CONFIG_KEY_TLS_CA_FILE:
         if ((st = expand_path(value, &a->tls_ca_file, &why)) != TERN_OK)
             return bad_path(ps, key, st, why);
@@ -963,8 +955,7 @@ config_on_pair(void *user, const char *section, const char *name, const char *va
         else
             return bad_value(ps, key, value, "full, headers or none");
         return 1;
-    case CONFIG_KEY_SENT_FOLDER:
-        return set_string(ps, &a->sent_folder, value);
+    case CONFIG_KEY_SENT_FOLDER: return set_string(ps, &a->sent_folder, value);
     case CONFIG_KEY_TIMEOUT: {
         long secs = 0;
         size_t n = strlen(value);
@@ -986,8 +977,7 @@ config_on_pair(void *user, const char *section, const char *name, const char *va
         else
             return bad_value(ps, key, value, "yes or no");
         return 1;
-    case CONFIG_KEY_COUNT:
-        break;
+    case CONFIG_KEY_COUNT: break;
     }
     return config_fail(ps, TERN_E_CONFIG, ps->lineno, "unknown key '%s'", name);
 }

@@ -12,17 +12,17 @@
 #include "tern.h"
 
 enum tern_tls_mode {
-    TERN_TLS_VERIFY = 0, /* chain + host name (default) */
+    TERN_TLS_VERIFY = 0,  /* chain + host name (default) */
     TERN_TLS_FINGERPRINT, /* the server certificate's SHA-256 must match */
     TERN_TLS_OFF,         /* cleartext allowed, explicit only */
 };
 
 /* A parsed server URL: imaps://alice@imap.example.org:993 */
 struct tern_url {
-    char *scheme;  /* "imaps", "imap", "pop3s", "pop3", "smtps", "smtp" */
-    char *user;    /* percent-decoded; NULL when absent */
-    char *host;    /* without brackets for IPv6 literals */
-    int port;      /* explicit port, or the scheme's default */
+    char *scheme;      /* "imaps", "imap", "pop3s", "pop3", "smtps", "smtp" */
+    char *user;        /* percent-decoded; NULL when absent */
+    char *host;        /* without brackets for IPv6 literals */
+    int port;          /* explicit port, or the scheme's default */
     bool implicit_tls; /* imaps/pop3s/smtps */
 };
 
@@ -40,11 +40,11 @@ struct tern_account {
     enum tern_tls_mode tls;
     unsigned char fingerprint[32]; /* TERN_TLS_FINGERPRINT */
     char *tls_ca_file;
-    char *cache_dir;       /* expanded (~ and $XDG_DATA_HOME) */
+    char *cache_dir; /* expanded (~ and $XDG_DATA_HOME) */
     enum tern_offline_mode offline;
-    char *sent_folder;     /* NULL: the SPECIAL-USE \Sent folder */
-    int timeout;           /* seconds for connect/read; default 30 */
-    bool compress;         /* COMPRESS=DEFLATE when the server offers it */
+    char *sent_folder; /* NULL: the SPECIAL-USE \Sent folder */
+    int timeout;       /* seconds for connect/read; default 30 */
+    bool compress;     /* COMPRESS=DEFLATE when the server offers it */
     struct tern_account *next;
 };
 
@@ -57,8 +57,8 @@ struct tern_config {
  * Parses config text (for tests and the fuzzer). PATH names the file in error
  * sentences. Errors name file, line and key: "config:7: unknown key 'imapp'".
  */
-enum tern_status config_parse_string(const char *text, const char *path,
-                                     struct tern_config **out, char **errmsg);
+enum tern_status config_parse_string(const char *text, const char *path, struct tern_config **out,
+                                     char **errmsg);
 
 /* NULL when there is no account NAME. NAME NULL gives the first account. */
 const struct tern_account *config_account(const struct tern_config *cfg, const char *name);

@@ -3,10 +3,11 @@
  *
  * Layer: src/.
  */
+#include "json.h"
+
 #include <stdlib.h>
 #include <string.h>
 
-#include "json.h"
 #include "text.h"
 
 void

@@ -13,14 +13,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "tbuf.h"
 #include "tern.h"
+
+#include "tbuf.h"
 
 #define JSON_DEPTH_MAX 16
 
 struct json {
-    struct tbuf *out;       /* borrowed */
-    enum tern_status st;    /* sticky: the first failure */
+    struct tbuf *out;    /* borrowed */
+    enum tern_status st; /* sticky: the first failure */
     int depth;
     bool first[JSON_DEPTH_MAX];
     bool after_key;

@@ -9,9 +9,10 @@
 
 #include <stddef.h>
 
+#include "tern.h"
+
 #include "err.h"
 #include "imap_args.h"
-#include "tern.h"
 
 struct query;
 
@@ -32,8 +33,7 @@ void query_free(struct query *q);
  * "path:", wildcards "foo*", "mimetype:") is TERN_E_UNSUPPORTED with a
  * sentence naming the term; the search is never silently widened or narrowed.
  */
-enum tern_status query_to_imap(const struct query *q, struct imap_args *args,
-                               struct tern_err *err);
+enum tern_status query_to_imap(const struct query *q, struct imap_args *args, struct tern_err *err);
 
 /* The query in notmuch syntax, owned by the caller (for search --local). */
 enum tern_status query_to_notmuch(const struct query *q, char **out, struct tern_err *err);

@@ -4,16 +4,18 @@
  *
  * Layer: src/.
  */
+#include "session.h"
+
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "mutf7.h"
+
 #include "account.h"
 #include "cmd/cmd.h"
 #include "mime.h"
-#include "mutf7.h"
-#include "session.h"
 
 enum tern_status
 tern_session_new(const struct tern_config *cfg, const char *account, struct tern_session **out,
@@ -385,8 +387,8 @@ sess_select(struct tern_session *s, const char *folder, bool write)
         st = sess_run(s, write ? "SELECT" : "EXAMINE", &a, NULL, NULL, &op);
     imap_args_free(&a);
     if (st == TERN_E_REFUSED)
-        return sess_fail(s, missing ? TERN_E_NOTFOUND : TERN_E_REFUSED, "cannot open folder '%s': %s",
-                         folder, tern_err_msg(&s->err));
+        return sess_fail(s, missing ? TERN_E_NOTFOUND : TERN_E_REFUSED,
+                         "cannot open folder '%s': %s", folder, tern_err_msg(&s->err));
     if (st)
         return st;
     s->selected = strdup(folder);

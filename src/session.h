@@ -10,13 +10,15 @@
 
 #include <stdbool.h>
 
-#include "config.h"
+#include "tern.h"
+
 #include "err.h"
 #include "imap.h"
-#include "json.h"
 #include "loop.h"
 #include "tbuf.h"
-#include "tern.h"
+
+#include "config.h"
+#include "json.h"
 
 /*
  * A second connection for reading a large folder in parallel: it opens in
@@ -39,17 +41,17 @@ struct sess_extra {
 };
 
 struct tern_session {
-    const struct tern_config *cfg; /* borrowed */
+    const struct tern_config *cfg;   /* borrowed */
     const struct tern_account *acct; /* borrowed from cfg */
     struct loop *loop;
     struct imap_conn *imap;
     struct tern_err err;
     char *secret;
-    char *selected;      /* the selected folder (UTF-8), NULL when none */
-    bool selected_rw;    /* SELECT (true) or EXAMINE */
+    char *selected;   /* the selected folder (UTF-8), NULL when none */
+    bool selected_rw; /* SELECT (true) or EXAMINE */
     tern_emit_fn emit;
     void *emit_aux;
-    struct tbuf out;     /* the object being written */
+    struct tbuf out; /* the object being written */
     tern_trace_fn trace;
     void *trace_aux;
     struct sess_extra extra;
@@ -70,9 +72,8 @@ struct sess_op {
 enum tern_status sess_imap(struct tern_session *s);
 
 /* Submits a command that completes into OP (OP must outlive it). */
-enum tern_status sess_submit(struct tern_session *s, const char *name,
-                             const struct imap_args *args, imap_untagged_fn on_untagged,
-                             void *aux, struct sess_op *op);
+enum tern_status sess_submit(struct tern_session *s, const char *name, const struct imap_args *args,
+                             imap_untagged_fn on_untagged, void *aux, struct sess_op *op);
 
 /* The same on connection C (the main one or the extra one). */
 enum tern_status sess_submit_on(struct tern_session *s, struct imap_conn *c, const char *name,

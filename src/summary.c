@@ -3,6 +3,8 @@
  *
  * Layer: src/. Uses GMime for RFC 5322 dates and mime.h for encoded words.
  */
+#include "summary.h"
+
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,7 +15,6 @@
 
 #include "json.h"
 #include "mime.h"
-#include "summary.h"
 #include "text.h"
 
 /* ---- FETCH items ---- */
@@ -131,8 +132,8 @@ imap_date_iso(const char *s, size_t len)
     char *out = malloc(128);
     if (!out)
         return NULL;
-    snprintf(out, 128, "%04d-%02d-%02dT%02d:%02d:%02d%c%02d:%02d", (int)year, mon + 1, (int)day,
-             hh, mm, ss, sign < 0 ? '-' : '+', zh, zm);
+    snprintf(out, 128, "%04d-%02d-%02dT%02d:%02d:%02d%c%02d:%02d", (int)year, mon + 1, (int)day, hh,
+             mm, ss, sign < 0 ? '-' : '+', zh, zm);
     return out;
 }
 
@@ -291,8 +292,7 @@ address_gmime(struct tbuf *b, InternetAddressList *list, bool *first)
     for (int i = 0; i < n; i++) {
         InternetAddress *ia = internet_address_list_get_address(list, i);
         if (INTERNET_ADDRESS_IS_GROUP(ia)) {
-            address_gmime(b, internet_address_group_get_members(INTERNET_ADDRESS_GROUP(ia)),
-                          first);
+            address_gmime(b, internet_address_group_get_members(INTERNET_ADDRESS_GROUP(ia)), first);
             continue;
         }
         const char *addr = internet_address_mailbox_get_addr(INTERNET_ADDRESS_MAILBOX(ia));
@@ -542,8 +542,8 @@ summary_json(const struct imap_item *list, const char *folder, struct tbuf *out,
     json_key(&j, "message_id");
     const char *own = NULL;
     size_t ownlen = 0;
-    if (h.v[SF_MESSAGE_ID] && !first_msgid(h.v[SF_MESSAGE_ID], h.len[SF_MESSAGE_ID], &own,
-                                            &ownlen)) {
+    if (h.v[SF_MESSAGE_ID] &&
+        !first_msgid(h.v[SF_MESSAGE_ID], h.len[SF_MESSAGE_ID], &own, &ownlen)) {
         own = h.v[SF_MESSAGE_ID];
         ownlen = h.len[SF_MESSAGE_ID];
         strip_msgid(&own, &ownlen);

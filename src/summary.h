@@ -12,9 +12,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tern.h"
+
 #include "imap_parse.h"
 #include "tbuf.h"
-#include "tern.h"
 
 /*
  * The FETCH data items this module reads. The header fields are parsed
@@ -23,7 +24,7 @@
  */
 #define SUMMARY_HEADER_FIELDS "DATE FROM TO SUBJECT MESSAGE-ID IN-REPLY-TO REFERENCES"
 #define SUMMARY_HEADERS_ITEM "BODY[HEADER.FIELDS (" SUMMARY_HEADER_FIELDS ")]"
-#define SUMMARY_FETCH_ITEMS \
+#define SUMMARY_FETCH_ITEMS                                                                        \
     "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS (" SUMMARY_HEADER_FIELDS ")])"
 
 /* Whether FETCH items LIST carry the header fields of a summary. */

@@ -226,8 +226,7 @@ run(int argc, char **argv, const char **cmds)
             in = fopen(batch_file, "r");
             if (!in) {
                 char msg[512];
-                snprintf(msg, sizeof(msg), "cannot open %.400s: %s", batch_file,
-                         strerror(errno));
+                snprintf(msg, sizeof(msg), "cannot open %.400s: %s", batch_file, strerror(errno));
                 report_error("", TERN_E_USAGE, msg);
                 rc = 2;
             }

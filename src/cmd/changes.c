@@ -35,8 +35,7 @@ static bool
 flag_on_fetch(void *aux, const struct imap_response *r)
 {
     struct flag_run *fr = aux;
-    if (!r->name || strcmp(r->name, "FETCH") != 0 || !r->items ||
-        r->items->type != IMAP_ITEM_LIST)
+    if (!r->name || strcmp(r->name, "FETCH") != 0 || !r->items || r->items->type != IMAP_ITEM_LIST)
         return false;
     const struct imap_item *uid = fetch_item(r->items->child, "UID");
     const struct imap_item *flags = fetch_item(r->items->child, "FLAGS");
@@ -91,15 +90,13 @@ flag_row_cmp(const void *a, const void *b)
 
 /* Appends " (\\Seen $x)" built from the +/- words with SIGN to A; *N counts. */
 static enum tern_status
-flag_list(struct tern_session *s, const struct cmd_words *w, char sign, struct tbuf *out,
-          size_t *n)
+flag_list(struct tern_session *s, const struct cmd_words *w, char sign, struct tbuf *out, size_t *n)
 {
     *n = 0;
     for (size_t i = 3; i < w->n; i++) {
         const char *word = w->v[i].text;
         if (word[0] != '+' && word[0] != '-')
-            return sess_fail(s, TERN_E_USAGE, "'%s': flags start with + or - (e.g. +seen)",
-                             word);
+            return sess_fail(s, TERN_E_USAGE, "'%s': flags start with + or - (e.g. +seen)", word);
         if (word[0] != sign)
             continue;
         const char *wire = summary_flag_wire(word + 1);

@@ -4,13 +4,15 @@
  * Layer: src/cmd. The command table is the single list of what tern can
  * do; the TUI binds keys to these same words.
  */
+#include "cmd/cmd.h"
+
 #include <stdlib.h>
 #include <string.h>
 
-#include "cmd/cmd.h"
+#include "tbuf.h"
+
 #include "cmd/commands.h"
 #include "session.h"
-#include "tbuf.h"
 
 void
 cmd_words_free(struct cmd_words *w)
@@ -119,8 +121,7 @@ static const struct cmd_def commands[] = {
 };
 
 /* Commands of DESIGN.md that later parts of tern provide. */
-static const char *const later[] = {"sync", "offline", "pop", "send", "compose", "outbox",
-                                    "flush"};
+static const char *const later[] = {"sync", "offline", "pop", "send", "compose", "outbox", "flush"};
 
 enum tern_status
 cmd_run(struct tern_session *s, const char *line)

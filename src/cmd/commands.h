@@ -7,8 +7,9 @@
 #ifndef TERN_COMMANDS_H
 #define TERN_COMMANDS_H
 
-#include "cmd/cmd.h"
 #include "tern.h"
+
+#include "cmd/cmd.h"
 
 typedef enum tern_status (*cmd_fn)(struct tern_session *s, const struct cmd_words *w,
                                    const char *line);
@@ -25,8 +26,7 @@ enum tern_status cmd_delete(struct tern_session *s, const struct cmd_words *w, c
 enum tern_status cmd_expunge(struct tern_session *s, const struct cmd_words *w, const char *line);
 enum tern_status cmd_mkdir(struct tern_session *s, const struct cmd_words *w, const char *line);
 enum tern_status cmd_rmdir(struct tern_session *s, const struct cmd_words *w, const char *line);
-enum tern_status cmd_subscribe(struct tern_session *s, const struct cmd_words *w,
-                               const char *line);
+enum tern_status cmd_subscribe(struct tern_session *s, const struct cmd_words *w, const char *line);
 enum tern_status cmd_unsubscribe(struct tern_session *s, const struct cmd_words *w,
                                  const char *line);
 enum tern_status cmd_rename(struct tern_session *s, const struct cmd_words *w, const char *line);

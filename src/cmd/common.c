@@ -3,10 +3,11 @@
  *
  * Layer: src/cmd.
  */
+#include "cmd/common.h"
+
 #include <stdlib.h>
 #include <string.h>
 
-#include "cmd/common.h"
 #include "json.h"
 
 void
@@ -109,8 +110,8 @@ enum tern_status
 cmd_parse_uids(struct tern_session *s, const char *word, struct uidset *out)
 {
     if (uidset_parse(word, strlen(word), 100000, out))
-        return sess_fail(s, TERN_E_USAGE,
-                         "'%s' is not a UID set (examples: 12, 3,7,9, 100:200, *)", word);
+        return sess_fail(s, TERN_E_USAGE, "'%s' is not a UID set (examples: 12, 3,7,9, 100:200, *)",
+                         word);
     return TERN_OK;
 }
 
@@ -158,8 +159,8 @@ cmd_resolve_uids(struct tern_session *s, const char *folder, const struct uidset
         struct tbuf sb;
         tbuf_init(&sb, 0);
         uidset_format(set, &sb);
-        st = sess_fail(s, TERN_E_NOTFOUND, "no message with UID %s in folder '%s'",
-                       tbuf_ptr(&sb), folder);
+        st = sess_fail(s, TERN_E_NOTFOUND, "no message with UID %s in folder '%s'", tbuf_ptr(&sb),
+                       folder);
         tbuf_free(&sb);
         uid_list_free(out);
     }

@@ -11,8 +11,9 @@
 #include <stdint.h>
 
 #include "imap_parse.h"
-#include "session.h"
 #include "uidset.h"
+
+#include "session.h"
 
 /* The most UIDs one command resolves (a whole mailbox of 10 million). */
 #define CMD_UIDS_MAX 10000000

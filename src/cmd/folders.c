@@ -8,15 +8,16 @@
 #include <string.h>
 #include <strings.h>
 
+#include "mutf7.h"
+
 #include "cmd/commands.h"
 #include "cmd/common.h"
 #include "json.h"
-#include "mutf7.h"
 #include "text.h"
 
 struct folder_ent {
-    char *wire;       /* as the server sent it */
-    char *name;       /* UTF-8 */
+    char *wire; /* as the server sent it */
+    char *name; /* UTF-8 */
     char delim;
     bool noselect;
     bool subscribed;
@@ -34,8 +35,8 @@ struct folder_list {
 static const struct {
     const char *attr, *special;
 } specials[] = {
-    {"\\Sent", "sent"}, {"\\Drafts", "drafts"}, {"\\Trash", "trash"},     {"\\Junk", "junk"},
-    {"\\Archive", "archive"}, {"\\All", "all"}, {"\\Flagged", "flagged"},
+    {"\\Sent", "sent"},       {"\\Drafts", "drafts"}, {"\\Trash", "trash"},     {"\\Junk", "junk"},
+    {"\\Archive", "archive"}, {"\\All", "all"},       {"\\Flagged", "flagged"},
 };
 
 static struct folder_ent *

@@ -329,8 +329,8 @@ list_or_search(struct tern_session *s, const char *folder, const char *query, si
  * the end, the query is the raw text between FOLDER and them.
  */
 static enum tern_status
-parse_query_args(struct tern_session *s, const struct cmd_words *w, const char *line,
-                 size_t first, const char **q, size_t *qlen, long *limit)
+parse_query_args(struct tern_session *s, const struct cmd_words *w, const char *line, size_t first,
+                 const char **q, size_t *qlen, long *limit)
 {
     size_t end = w->n;
     *limit = -1;
@@ -396,7 +396,7 @@ struct raw_msg {
     bool found;
     const char *mem; /* while inside the handler only */
     size_t len;
-    int fd;          /* temporary file of a streamed literal, -1 when none */
+    int fd; /* temporary file of a streamed literal, -1 when none */
     enum tern_status st;
     enum tern_status (*use)(struct raw_msg *m, uint32_t uid);
     struct tern_session *s;
@@ -449,8 +449,7 @@ static bool
 raw_on_fetch(void *aux, const struct imap_response *r)
 {
     struct raw_msg *m = aux;
-    if (!r->name || strcmp(r->name, "FETCH") != 0 || !r->items ||
-        r->items->type != IMAP_ITEM_LIST)
+    if (!r->name || strcmp(r->name, "FETCH") != 0 || !r->items || r->items->type != IMAP_ITEM_LIST)
         return false;
     const struct imap_item *uid = fetch_item(r->items->child, "UID");
     const struct imap_item *body = fetch_item(r->items->child, "BODY[]");
@@ -505,8 +504,7 @@ fetch_raw(struct tern_session *s, const char *folder, const char *uidword, struc
     if (st)
         return st;
     if (!m->found)
-        return sess_fail(s, TERN_E_NOTFOUND, "no message with UID %lu in folder '%s'", uid,
-                         folder);
+        return sess_fail(s, TERN_E_NOTFOUND, "no message with UID %lu in folder '%s'", uid, folder);
     return m->st;
 }
 
@@ -515,9 +513,9 @@ show_use(struct raw_msg *m, uint32_t uid)
 {
     struct tern_session *s = m->s;
     struct mime_view *v = NULL;
-    enum tern_status st = m->mem || m->fd < 0 ? mime_view_mem(m->mem ? m->mem : "", m->len, &v,
-                                                              &s->err)
-                                              : mime_view_fd(m->fd, &v, &s->err);
+    enum tern_status st = m->mem || m->fd < 0
+                              ? mime_view_mem(m->mem ? m->mem : "", m->len, &v, &s->err)
+                              : mime_view_fd(m->fd, &v, &s->err);
     if (st)
         return st;
     struct json j;
@@ -654,8 +652,7 @@ save_use(struct raw_msg *m, uint32_t uid)
     snprintf(tmp, plen, "%s.tmp-XXXXXX", file);
     int out = mkstemp(tmp);
     if (out < 0) {
-        enum tern_status st = sess_fail(s, TERN_E_IO, "cannot write %s: %s", file,
-                                        strerror(errno));
+        enum tern_status st = sess_fail(s, TERN_E_IO, "cannot write %s: %s", file, strerror(errno));
         free(tmp);
         return st;
     }
@@ -716,8 +713,7 @@ cmd_save(struct tern_session *s, const struct cmd_words *w, const char *line)
     const char *part = w->v[3].text;
     for (const char *p = part; *p; p++)
         if (!((*p >= '0' && *p <= '9') || *p == '.') || (p == part && *p == '.'))
-            return sess_fail(s, TERN_E_USAGE, "'%s' is not a part number (e.g. 0, 1, 2.1)",
-                             part);
+            return sess_fail(s, TERN_E_USAGE, "'%s' is not a part number (e.g. 0, 1, 2.1)", part);
     if (!*part)
         return sess_fail(s, TERN_E_USAGE, "empty part number");
     struct save_ctx ctx = {part, w->v[4].text, NULL};

@@ -113,7 +113,7 @@ feed_lines(const char *buf, size_t len, size_t chunk, const struct imap_literal_
     if (!p)
         return;
     imap_parser_set_sink(p, sink);
-    struct tern_err err = { 0 };
+    struct tern_err err = {0};
     size_t pos = 0;
     while (pos < len) {
         const char *nl = memchr(buf + pos, '\n', len - pos);
@@ -159,9 +159,9 @@ static volatile unsigned fuzz_checksum;
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    struct discard d = { 0 };
-    struct imap_literal_sink sink = { discard_open, discard_write, discard_close, &d };
-    struct tern_err err = { 0 };
+    struct discard d = {0};
+    struct imap_literal_sink sink = {discard_open, discard_write, discard_close, &d};
+    struct tern_err err = {0};
     unsigned sum = 0;
     const char *buf = (const char *)data;
 

@@ -176,7 +176,7 @@ parse_chunked(const char *buf, size_t len, size_t chunk)
 {
     struct imap_parser *p = imap_parser_new(NULL);
     assert_non_null(p);
-    struct tern_err err = { 0 };
+    struct tern_err err = {0};
     struct imap_response *r = NULL;
     enum tern_status st = feed(p, buf, len, chunk, &r, &err);
     if (st)
@@ -201,7 +201,7 @@ expect_error_n(const struct imap_limits *lim, const char *buf, size_t len, enum 
 {
     struct imap_parser *p = imap_parser_new(lim);
     assert_non_null(p);
-    struct tern_err err = { 0 };
+    struct tern_err err = {0};
     struct imap_response *r = NULL;
     enum tern_status st = feed(p, buf, len, 0, &r, &err);
     if (st != want)
@@ -278,7 +278,7 @@ sink_init(struct sink_log *l, struct imap_literal_sink *s)
 {
     memset(l, 0, sizeof *l);
     tbuf_init(&l->data, 0);
-    *s = (struct imap_literal_sink){ log_open, log_write, log_close, l };
+    *s = (struct imap_literal_sink){log_open, log_write, log_close, l};
 }
 
 static struct imap_limits
@@ -396,23 +396,22 @@ test_untagged_status(void **state)
         enum imap_cond cond;
         const char *name, *code, *text;
     } cases[] = {
-        { "* OK IMAP4rev1 Service Ready", IMAP_COND_OK, "OK", NULL, "IMAP4rev1 Service Ready" },
-        { "* NO Disk is full", IMAP_COND_NO, "NO", NULL, "Disk is full" },
-        { "* BAD Command line too long", IMAP_COND_BAD, "BAD", NULL, "Command line too long" },
-        { "* PREAUTH [CAPABILITY IMAP4rev1] Logged in as alice", IMAP_COND_PREAUTH, "PREAUTH",
-          "CAPABILITY", "Logged in as alice" },
-        { "* BYE Logging out", IMAP_COND_BYE, "BYE", NULL, "Logging out" },
-        { "* OK", IMAP_COND_OK, "OK", NULL, "" },
-        { "* OK ", IMAP_COND_OK, "OK", NULL, "" },
-        { "* BYE", IMAP_COND_BYE, "BYE", NULL, "" },
-        { "* OK [ALERT] System shutdown in 10 minutes", IMAP_COND_OK, "OK", "ALERT",
-          "System shutdown in 10 minutes" },
-        { "* OK[ALERT]no space", IMAP_COND_OK, "OK", "ALERT", "no space" },
-        { "* OK text with [brackets] later", IMAP_COND_OK, "OK", NULL,
-          "text with [brackets] later" },
+        {"* OK IMAP4rev1 Service Ready", IMAP_COND_OK, "OK", NULL, "IMAP4rev1 Service Ready"},
+        {"* NO Disk is full", IMAP_COND_NO, "NO", NULL, "Disk is full"},
+        {"* BAD Command line too long", IMAP_COND_BAD, "BAD", NULL, "Command line too long"},
+        {"* PREAUTH [CAPABILITY IMAP4rev1] Logged in as alice", IMAP_COND_PREAUTH, "PREAUTH",
+         "CAPABILITY", "Logged in as alice"},
+        {"* BYE Logging out", IMAP_COND_BYE, "BYE", NULL, "Logging out"},
+        {"* OK", IMAP_COND_OK, "OK", NULL, ""},
+        {"* OK ", IMAP_COND_OK, "OK", NULL, ""},
+        {"* BYE", IMAP_COND_BYE, "BYE", NULL, ""},
+        {"* OK [ALERT] System shutdown in 10 minutes", IMAP_COND_OK, "OK", "ALERT",
+         "System shutdown in 10 minutes"},
+        {"* OK[ALERT]no space", IMAP_COND_OK, "OK", "ALERT", "no space"},
+        {"* OK text with [brackets] later", IMAP_COND_OK, "OK", NULL, "text with [brackets] later"},
         /* A literal announcement in text is text, not a literal. */
-        { "* OK [ALERT] {5}", IMAP_COND_OK, "OK", "ALERT", "{5}" },
-        { "* NO {5}", IMAP_COND_NO, "NO", NULL, "{5}" },
+        {"* OK [ALERT] {5}", IMAP_COND_OK, "OK", "ALERT", "{5}"},
+        {"* NO {5}", IMAP_COND_NO, "NO", NULL, "{5}"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct imap_parser *p = imap_parser_new(NULL);
@@ -503,25 +502,25 @@ test_garbled_codes(void **state)
     static const struct {
         const char *line, *text;
     } cases[] = {
-        { "* OK [UIDNEXT abc", "[UIDNEXT abc" },
-        { "* OK [UIDNEXT 5)] hi", "[UIDNEXT 5)] hi" },
-        { "* OK [UIDNEXT (5] hi", "[UIDNEXT (5] hi" },
-        { "* OK [PERMANENTFLAGS (\\Seen)) ] x", "[PERMANENTFLAGS (\\Seen)) ] x" },
-        { "* OK []", "[]" },
-        { "* OK [ ALERT] x", "[ ALERT] x" },
-        { "* OK [", "[" },
-        { "* NO [FOO \"unterminated] yes", "[FOO \"unterminated] yes" },
-        { "A1 OK [FOO {abc}] no", "[FOO {abc}] no" },
-        { "A1 OK [FOO {5} x] no", "[FOO {5} x] no" },
-        { "* OK [FOO bar\x01] ctl", "[FOO bar\x01] ctl" },
-        { "* BAD [FOO(x)] y", "[FOO(x)] y" },
-        { "* OK [BODY[1 x", "[BODY[1 x" },
+        {"* OK [UIDNEXT abc", "[UIDNEXT abc"},
+        {"* OK [UIDNEXT 5)] hi", "[UIDNEXT 5)] hi"},
+        {"* OK [UIDNEXT (5] hi", "[UIDNEXT (5] hi"},
+        {"* OK [PERMANENTFLAGS (\\Seen)) ] x", "[PERMANENTFLAGS (\\Seen)) ] x"},
+        {"* OK []", "[]"},
+        {"* OK [ ALERT] x", "[ ALERT] x"},
+        {"* OK [", "["},
+        {"* NO [FOO \"unterminated] yes", "[FOO \"unterminated] yes"},
+        {"A1 OK [FOO {abc}] no", "[FOO {abc}] no"},
+        {"A1 OK [FOO {5} x] no", "[FOO {5} x] no"},
+        {"* OK [FOO bar\x01] ctl", "[FOO bar\x01] ctl"},
+        {"* BAD [FOO(x)] y", "[FOO(x)] y"},
+        {"* OK [BODY[1 x", "[BODY[1 x"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct imap_parser *p = imap_parser_new(NULL);
         struct imap_response *r;
         uint64_t lit = 7;
-        struct tern_err err = { 0 };
+        struct tern_err err = {0};
         enum tern_status st =
             imap_parser_line(p, cases[i].line, strlen(cases[i].line), &r, &lit, &err);
         if (st)
@@ -552,11 +551,11 @@ test_continuation(void **state)
     static const struct {
         const char *line, *text;
     } cases[] = {
-        { "+ Ready for literal data", "Ready for literal data" },
-        { "+", "" },
-        { "+ ", "" },
-        { "+ dGVzdA==", "dGVzdA==" },
-        { "+idling", "idling" },
+        {"+ Ready for literal data", "Ready for literal data"},
+        {"+", ""},
+        {"+ ", ""},
+        {"+ dGVzdA==", "dGVzdA=="},
+        {"+idling", "idling"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char buf[64];
@@ -580,46 +579,46 @@ test_untagged_data(void **state)
         const char *in, *name, *items;
         long number; /* -1: none */
     } cases[] = {
-        { "* CAPABILITY IMAP4rev1 STARTTLS AUTH=GSSAPI LOGINDISABLED", "CAPABILITY",
-          "IMAP4rev1 STARTTLS AUTH=GSSAPI LOGINDISABLED", -1 },
-        { "* LIST (\\HasNoChildren \\Sent) \"/\" \"Sent Items\"", "LIST",
-          "(\\HasNoChildren \\Sent) \"/\" \"Sent Items\"", -1 },
-        { "* LIST (\\Noselect) NIL \"\"", "LIST", "(\\Noselect) NIL \"\"", -1 },
-        { "* LIST () \".\" INBOX.Drafts]", "LIST", "() \".\" INBOX.Drafts]", -1 },
-        { "* LSUB () \".\" #news.comp.mail.misc", "LSUB", "() \".\" #news.comp.mail.misc", -1 },
-        { "* STATUS \"INBOX\" (MESSAGES 17 UIDNEXT 4392 UNSEEN 3)", "STATUS",
-          "\"INBOX\" (MESSAGES 17 UIDNEXT 4392 UNSEEN 3)", -1 },
-        { "* STATUS blurdybloop (MESSAGES 231 UIDNEXT 44292)", "STATUS",
-          "blurdybloop (MESSAGES 231 UIDNEXT 44292)", -1 },
-        { "* SEARCH 2 3 6", "SEARCH", "2 3 6", -1 },
-        { "* SEARCH", "SEARCH", "", -1 },
-        { "* ESEARCH (TAG \"A1\") UID COUNT 3 ALL 1:3", "ESEARCH",
-          "(TAG \"A1\") UID COUNT 3 ALL 1:3", -1 },
-        { "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded)", "FLAGS",
-          "(\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded)", -1 },
-        { "* ENABLED CONDSTORE QRESYNC", "ENABLED", "CONDSTORE QRESYNC", -1 },
-        { "* NAMESPACE ((\"\" \"/\")) NIL NIL", "NAMESPACE", "((\"\" \"/\")) NIL NIL", -1 },
-        { "* NAMESPACE ((\"INBOX.\" \".\")) ((\"user.\" \".\")) ((\"\" \".\"))", "NAMESPACE",
-          "((\"INBOX.\" \".\")) ((\"user.\" \".\")) ((\"\" \".\"))", -1 },
-        { "* ID (\"name\" \"Dovecot\" \"version\" NIL)", "ID",
-          "(\"name\" \"Dovecot\" \"version\" NIL)", -1 },
-        { "* ID NIL", "ID", "NIL", -1 },
-        { "* VANISHED (EARLIER) 1:3,5", "VANISHED", "(EARLIER) 1:3,5", -1 },
-        { "* VANISHED 41", "VANISHED", "41", -1 },
-        { "* 3 EXISTS", "EXISTS", "", 3 },
-        { "* 0 EXISTS", "EXISTS", "", 0 },
-        { "* 2 EXPUNGE", "EXPUNGE", "", 2 },
-        { "* 1 RECENT", "RECENT", "", 1 },
-        { "* 4294967295 EXISTS", "EXISTS", "", 4294967295L },
-        { "* 12 FETCH (FLAGS (\\Seen) UID 4827313)", "FETCH", "(FLAGS (\\Seen) UID 4827313)", 12 },
-        { "* 12 FETCH(FLAGS(\\Seen)UID 4)", "FETCH", "(FLAGS (\\Seen) UID 4)", 12 },
-        { "* 7 FETCH (MODSEQ (12121231000))", "FETCH", "(MODSEQ (12121231000))", 7 },
+        {"* CAPABILITY IMAP4rev1 STARTTLS AUTH=GSSAPI LOGINDISABLED", "CAPABILITY",
+         "IMAP4rev1 STARTTLS AUTH=GSSAPI LOGINDISABLED", -1},
+        {"* LIST (\\HasNoChildren \\Sent) \"/\" \"Sent Items\"", "LIST",
+         "(\\HasNoChildren \\Sent) \"/\" \"Sent Items\"", -1},
+        {"* LIST (\\Noselect) NIL \"\"", "LIST", "(\\Noselect) NIL \"\"", -1},
+        {"* LIST () \".\" INBOX.Drafts]", "LIST", "() \".\" INBOX.Drafts]", -1},
+        {"* LSUB () \".\" #news.comp.mail.misc", "LSUB", "() \".\" #news.comp.mail.misc", -1},
+        {"* STATUS \"INBOX\" (MESSAGES 17 UIDNEXT 4392 UNSEEN 3)", "STATUS",
+         "\"INBOX\" (MESSAGES 17 UIDNEXT 4392 UNSEEN 3)", -1},
+        {"* STATUS blurdybloop (MESSAGES 231 UIDNEXT 44292)", "STATUS",
+         "blurdybloop (MESSAGES 231 UIDNEXT 44292)", -1},
+        {"* SEARCH 2 3 6", "SEARCH", "2 3 6", -1},
+        {"* SEARCH", "SEARCH", "", -1},
+        {"* ESEARCH (TAG \"A1\") UID COUNT 3 ALL 1:3", "ESEARCH",
+         "(TAG \"A1\") UID COUNT 3 ALL 1:3", -1},
+        {"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded)", "FLAGS",
+         "(\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded)", -1},
+        {"* ENABLED CONDSTORE QRESYNC", "ENABLED", "CONDSTORE QRESYNC", -1},
+        {"* NAMESPACE ((\"\" \"/\")) NIL NIL", "NAMESPACE", "((\"\" \"/\")) NIL NIL", -1},
+        {"* NAMESPACE ((\"INBOX.\" \".\")) ((\"user.\" \".\")) ((\"\" \".\"))", "NAMESPACE",
+         "((\"INBOX.\" \".\")) ((\"user.\" \".\")) ((\"\" \".\"))", -1},
+        {"* ID (\"name\" \"Dovecot\" \"version\" NIL)", "ID",
+         "(\"name\" \"Dovecot\" \"version\" NIL)", -1},
+        {"* ID NIL", "ID", "NIL", -1},
+        {"* VANISHED (EARLIER) 1:3,5", "VANISHED", "(EARLIER) 1:3,5", -1},
+        {"* VANISHED 41", "VANISHED", "41", -1},
+        {"* 3 EXISTS", "EXISTS", "", 3},
+        {"* 0 EXISTS", "EXISTS", "", 0},
+        {"* 2 EXPUNGE", "EXPUNGE", "", 2},
+        {"* 1 RECENT", "RECENT", "", 1},
+        {"* 4294967295 EXISTS", "EXISTS", "", 4294967295L},
+        {"* 12 FETCH (FLAGS (\\Seen) UID 4827313)", "FETCH", "(FLAGS (\\Seen) UID 4827313)", 12},
+        {"* 12 FETCH(FLAGS(\\Seen)UID 4)", "FETCH", "(FLAGS (\\Seen) UID 4)", 12},
+        {"* 7 FETCH (MODSEQ (12121231000))", "FETCH", "(MODSEQ (12121231000))", 7},
         /* Unknown names are parsed generically. */
-        { "* XAPPLEPUSHSERVICE aps-version \"2\" aps-topic \"com.apple.mail\"", "XAPPLEPUSHSERVICE",
-          "aps-version \"2\" aps-topic \"com.apple.mail\"", -1 },
-        { "* 5 xfoo (a (b c)) NIL \"d\"", "XFOO", "(a (b c)) NIL \"d\"", 5 },
-        { "* OKAY then", "OKAY", "then", -1 },
-        { "* 3 OK", "OK", "", 3 },
+        {"* XAPPLEPUSHSERVICE aps-version \"2\" aps-topic \"com.apple.mail\"", "XAPPLEPUSHSERVICE",
+         "aps-version \"2\" aps-topic \"com.apple.mail\"", -1},
+        {"* 5 xfoo (a (b c)) NIL \"d\"", "XFOO", "(a (b c)) NIL \"d\"", 5},
+        {"* OKAY then", "OKAY", "then", -1},
+        {"* 3 OK", "OK", "", 3},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char buf[256];
@@ -779,7 +778,7 @@ test_fetch_gmail(void **state)
 static void
 test_literal_chunks(void **state)
 {
-    static const size_t chunks[] = { 1, 2, 3, 5, 7, 13, 27, 28, 29, 1000 };
+    static const size_t chunks[] = {1, 2, 3, 5, 7, 13, 27, 28, 29, 1000};
     for (size_t i = 0; i < sizeof chunks / sizeof chunks[0]; i++) {
         struct imap_response *r = parse_chunked(gmail_fetch, sizeof gmail_fetch - 1, chunks[i]);
         assert_dump(r->items, gmail_dump);
@@ -995,7 +994,7 @@ test_sink_streaming(void **state)
     memset(body, 'z', sizeof body);
     static const char two[] = "* 2 FETCH (BODY[1] {20}\r\nzzzzzzzzzzzzzzzzzzzz "
                               "BODY[2] {17}\r\nzzzzzzzzzzzzzzzzz)\r\n";
-    struct tern_err err = { 0 };
+    struct tern_err err = {0};
     assert_int_equal(feed(p, two, sizeof two - 1, 4, &r, &err), TERN_OK);
     assert_int_equal(log.opens, 3);
     assert_int_equal(log.closes_ok, 3);
@@ -1046,7 +1045,7 @@ test_sink_reset_mid_literal(void **state)
     /* A complete streamed literal, then the response fails. */
     p = imap_parser_new(&lim);
     imap_parser_set_sink(p, &sink);
-    struct tern_err err = { 0 };
+    struct tern_err err = {0};
     static const char bad[] = "* 1 FETCH (BODY[] {5}\r\nhello))\r\n";
     assert_int_equal(feed(p, bad, sizeof bad - 1, 0, &r, &err), TERN_E_PROTO);
     assert_non_null(strstr(tern_err_msg(&err), "unexpected ')'"));
@@ -1187,7 +1186,7 @@ test_response_limit(void **state)
     struct imap_parser *p = imap_parser_new(&lim);
     struct imap_response *r;
     uint64_t lit = 9;
-    struct tern_err err = { 0 };
+    struct tern_err err = {0};
     assert_int_equal(imap_parser_line(p, "* X {5000}", 10, &r, &lit, &err), TERN_E_PROTO);
     assert_int_equal(lit, 0);
     assert_non_null(strstr(tern_err_msg(&err), "2000 bytes"));
@@ -1372,7 +1371,7 @@ test_garbage_tags(void **state)
         struct imap_parser *p = imap_parser_new(NULL);
         struct imap_response *r = (struct imap_response *)1;
         uint64_t lit = 3;
-        struct tern_err err = { 0 };
+        struct tern_err err = {0};
         enum tern_status st = imap_parser_line(p, lines[i], strlen(lines[i]), &r, &lit, &err);
         if (st != TERN_E_PROTO)
             fail_msg("\"%s\" gave %s", lines[i], tern_status_name(st));
@@ -1420,7 +1419,7 @@ test_usage_errors(void **state)
     struct imap_parser *p = imap_parser_new(NULL);
     struct imap_response *r;
     uint64_t lit, left;
-    struct tern_err err = { 0 };
+    struct tern_err err = {0};
 
     assert_int_equal(imap_parser_line(NULL, "* OK", 4, &r, &lit, &err), TERN_E_USAGE);
     assert_int_equal(imap_parser_line(p, NULL, 4, &r, &lit, &err), TERN_E_USAGE);
@@ -1528,9 +1527,9 @@ test_parse_buffer(void **state)
                              "* 1 FETCH (BODY[] {4}\r\nab\r\n UID 7)\r\n"
                              "+ go\r\n"
                              "A1 OK done";
-    struct collect c = { 0 };
+    struct collect c = {0};
     tbuf_init(&c.out, 0);
-    struct tern_err err = { 0 };
+    struct tern_err err = {0};
     assert_int_equal(imap_parse_buffer(NULL, in, sizeof in - 1, collect_cb, &c, &err), TERN_OK);
     assert_int_equal(c.count, 5);
     assert_string_equal(tbuf_ptr(&c.out), "*|OK|CAPABILITY|ready|\n"
@@ -1597,7 +1596,7 @@ static void
 test_many_responses(void **state)
 {
     struct imap_parser *p = imap_parser_new(NULL);
-    struct tern_err err = { 0 };
+    struct tern_err err = {0};
     for (int i = 0; i < 300; i++) {
         struct imap_response *r;
         const char *in = i % 3 == 0 ? dovecot_fetch : i % 3 == 1 ? gmail_fetch : "* 1 EXISTS\r\n";
@@ -1678,7 +1677,7 @@ test_alloc_failures(void **state)
             struct imap_parser *p = imap_parser_new(&lim);
             enum tern_status st = TERN_E_NOMEM;
             struct imap_response *r = NULL;
-            struct tern_err err = { 0 };
+            struct tern_err err = {0};
             if (p) {
                 imap_parser_set_sink(p, &sink);
                 st = feed(p, buf, len, 3, &r, &err);

@@ -156,8 +156,7 @@ test_command_fails(void **state)
     assert_command_fails("printf 'bad \\033[31mred\\n' >&2; exit 4", TERN_E_AUTH,
                          "password_command exited with status 4: bad ?[31mred");
     assert_command_fails("kill -9 $$", TERN_E_AUTH, "password_command was killed by signal 9");
-    assert_command_fails("kill -TERM $$", TERN_E_AUTH,
-                         "password_command was killed by signal 15");
+    assert_command_fails("kill -TERM $$", TERN_E_AUTH, "password_command was killed by signal 15");
 
     struct tern_account a = account_with("tern-no-such-command-xyz");
     struct tern_err err = {NULL};

@@ -68,11 +68,11 @@ parse_fail(const char *text, enum tern_status want)
     return msg;
 }
 
-#define assert_parse_error(text, sentence)                                                        \
-    do {                                                                                          \
-        char *msg_ = parse_fail((text), TERN_E_CONFIG);                                           \
-        assert_string_equal(msg_, (sentence));                                                    \
-        free(msg_);                                                                               \
+#define assert_parse_error(text, sentence)                                                         \
+    do {                                                                                           \
+        char *msg_ = parse_fail((text), TERN_E_CONFIG);                                            \
+        assert_string_equal(msg_, (sentence));                                                     \
+        free(msg_);                                                                                \
     } while (0)
 
 static struct tern_config *
@@ -346,8 +346,7 @@ test_error_sentences(void **state)
                        "are expanded, not ~user");
     assert_parse_error("[account work]\nfrom = a@b\n",
                        "t.conf:1: [account work] has no imap, pop3 or smtp key");
-    assert_parse_error(WORK "[account b]\n",
-                       "t.conf:3: [account b] has no imap, pop3 or smtp key");
+    assert_parse_error(WORK "[account b]\n", "t.conf:3: [account b] has no imap, pop3 or smtp key");
     assert_parse_error("[account work]\nsmtp = smtp://h\n",
                        "t.conf:1: [account work] has smtp but no from key");
     assert_parse_error(WORK "tls = off\n",
@@ -420,8 +419,8 @@ test_url_errors_in_config(void **state)
                        "'https' (expected imap, imaps, pop3, pop3s, smtp or smtps)");
 
     /* A password in a URL is refused and never repeated. */
-    char *msg = parse_fail("[account work]\nimap = imaps://alice:s3cret@imap.example.org\n",
-                           TERN_E_CONFIG);
+    char *msg =
+        parse_fail("[account work]\nimap = imaps://alice:s3cret@imap.example.org\n", TERN_E_CONFIG);
     assert_string_equal(msg, "t.conf:2: bad URL for key 'imap' in [account work]: a password in "
                              "the URL is not allowed; use password or password_command");
     assert_null(strstr(msg, "s3cret"));
@@ -457,8 +456,7 @@ test_url_parse(void **state)
     assert_true(u->implicit_tls);
     config_url_free(u);
 
-    assert_int_equal(config_parse_url("imaps://alice%40example.org@[::1]:1993", &u, &msg),
-                     TERN_OK);
+    assert_int_equal(config_parse_url("imaps://alice%40example.org@[::1]:1993", &u, &msg), TERN_OK);
     assert_string_equal(u->user, "alice@example.org");
     assert_string_equal(u->host, "::1");
     assert_int_equal(u->port, 1993);
@@ -525,10 +523,16 @@ test_url_parse(void **state)
     check_bad_url("imaps://h//", "a path, query or fragment is not allowed");
     check_bad_url("imaps://h?x", "a path, query or fragment is not allowed");
     check_bad_url("imaps://h#x", "a path, query or fragment is not allowed");
-    static const char *const bad_ports[] = {"imaps://h:", "imaps://h:0", "imaps://h:65536",
-                                            "imaps://h:123456", "imaps://h:-1", "imaps://h:9a",
-                                            "imaps://h:99999999999999999999", "imaps://h: 1",
-                                            "imaps://[::1]:", "imaps://[::1]:0x10"};
+    static const char *const bad_ports[] = {"imaps://h:",
+                                            "imaps://h:0",
+                                            "imaps://h:65536",
+                                            "imaps://h:123456",
+                                            "imaps://h:-1",
+                                            "imaps://h:9a",
+                                            "imaps://h:99999999999999999999",
+                                            "imaps://h: 1",
+                                            "imaps://[::1]:",
+                                            "imaps://[::1]:0x10"};
     for (size_t i = 0; i < sizeof bad_ports / sizeof bad_ports[0]; i++)
         check_bad_url(bad_ports[i], "bad port (expected a number from 1 to 65535)");
     check_bad_url("imaps://h:1:2", "bad port (expected a number from 1 to 65535)");
