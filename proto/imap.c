@@ -804,6 +804,22 @@ imap_step_extras(struct imap_conn *c)
     }
 }
 
+/*
+ * The common head of a connection phase's completion: false (stop) when
+ * the connection is already dead or the step failed, which fails it.
+ */
+static bool
+imap_setup_ok(struct imap_conn *c, enum tern_status st)
+{
+    if (c->state == IMAP_ST_DEAD)
+        return false;
+    if (st) {
+        imap_fail(c, st);
+        return false;
+    }
+    return true;
+}
+
 static void
 imap_on_compress_done(void *aux, enum tern_status st, const struct imap_response *r)
 {
@@ -824,13 +840,8 @@ static void
 imap_on_postauth_caps(void *aux, enum tern_status st, const struct imap_response *r)
 {
     struct imap_conn *c = aux;
-    if (c->state == IMAP_ST_DEAD)
-        return;
-    if (st) {
-        imap_fail(c, st);
-        return;
-    }
-    imap_step_postauth(c);
+    if (imap_setup_ok(c, st))
+        imap_step_postauth(c);
 }
 
 static void
@@ -979,26 +990,16 @@ static void
 imap_on_pretls_caps(void *aux, enum tern_status st, const struct imap_response *r)
 {
     struct imap_conn *c = aux;
-    if (c->state == IMAP_ST_DEAD)
-        return;
-    if (st) {
-        imap_fail(c, st);
-        return;
-    }
-    imap_step_starttls(c);
+    if (imap_setup_ok(c, st))
+        imap_step_starttls(c);
 }
 
 static void
 imap_on_auth_caps(void *aux, enum tern_status st, const struct imap_response *r)
 {
     struct imap_conn *c = aux;
-    if (c->state == IMAP_ST_DEAD)
-        return;
-    if (st) {
-        imap_fail(c, st);
-        return;
-    }
-    imap_step_auth(c);
+    if (imap_setup_ok(c, st))
+        imap_step_auth(c);
 }
 
 static void

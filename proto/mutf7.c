@@ -22,24 +22,9 @@
 
 #include "tbuf.h"
 
-static const char mutf7_b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,";
+#include "b64.h"
 
-/* The value of a modified BASE64 character, or -1 when C is not one. */
-static int
-b64_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == ',')
-        return 63;
-    return -1;
-}
+static const char mutf7_b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,";
 
 /* RFC 3501 §5.1.3: these octets represent themselves (0x26 "&" aside). */
 static bool
@@ -88,7 +73,7 @@ decode_run(const char *p, size_t len, struct tbuf *out)
     unsigned nbits = 0; /* how many of them */
     uint32_t high = 0;  /* a high surrogate waiting for its pair */
     for (size_t i = 0; i < len; i++) {
-        int v = b64_value((unsigned char)p[i]);
+        int v = b64_digit((unsigned char)p[i], ',');
         if (v < 0)
             return TERN_E_PROTO;
         bits = (bits << 6) | (uint32_t)v;

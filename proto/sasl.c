@@ -10,6 +10,8 @@
 
 #include <openssl/evp.h>
 
+#include "b64.h"
+
 const char *
 sasl_mech_name(enum sasl_mech m)
 {
@@ -84,22 +86,6 @@ sasl_b64_encode(const char *p, size_t n, struct tbuf *out)
     return TERN_OK;
 }
 
-static int
-b64_val(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
 enum tern_status
 sasl_b64_decode(const char *p, size_t n, struct tbuf *out)
 {
@@ -115,7 +101,7 @@ sasl_b64_decode(const char *p, size_t n, struct tbuf *out)
                 pad++;
                 continue;
             }
-            if (pad || (v[k] = b64_val(c)) < 0)
+            if (pad || (v[k] = b64_digit(c, '/')) < 0)
                 return TERN_E_PROTO;
         }
         unsigned char b[3] = {(unsigned char)(v[0] << 2 | v[1] >> 4),

@@ -52,6 +52,7 @@
 #include "err.h"
 #include "tbuf.h"
 
+#include "b64.h"
 #include "text.h"
 
 /*
@@ -515,22 +516,6 @@ unfold(const char *s, size_t len, struct tbuf *out)
     return st;
 }
 
-static int
-base64_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
 /* The first occurrence of the M bytes of NEEDLE in the N bytes of HAY, or NULL. */
 static const char *
 find_bytes(const char *hay, size_t n, const char *needle, size_t m)
@@ -571,7 +556,7 @@ base64_step(struct base64_state *b, const char *in, size_t n, unsigned char *out
             b->bits = 0;
             continue;
         }
-        int v = base64_value((unsigned char)in[i]);
+        int v = b64_digit((unsigned char)in[i], '/');
         if (v < 0)
             continue;
         b->acc = (b->acc << 6) | (uint32_t)v;
@@ -626,7 +611,7 @@ rewrite_b_words(const char *s, size_t len, struct tbuf *out)
                   s[p + 2] == '?';
         size_t pay = p + 3, e = pay;
         if (ok) {
-            while (e < len && (base64_value((unsigned char)s[e]) >= 0 || s[e] == '='))
+            while (e < len && (b64_digit((unsigned char)s[e], '/') >= 0 || s[e] == '='))
                 e++;
             ok = e + 1 < len && s[e] == '?' && s[e + 1] == '=';
         }

@@ -113,24 +113,16 @@ flag_list(struct tern_session *s, const struct cmd_words *w, char sign, struct t
 enum tern_status
 cmd_flag(struct tern_session *s, const struct cmd_words *w, const char *line)
 {
-    const char *folder = w->v[1].text;
-    struct uidset set;
-    enum tern_status st = cmd_parse_uids(s, w->v[2].text, &set);
-    if (st)
-        return st;
     struct tbuf add, del;
     tbuf_init(&add, 0);
     tbuf_init(&del, 0);
     size_t nadd = 0, ndel = 0;
-    st = flag_list(s, w, '+', &add, &nadd);
+    enum tern_status st = flag_list(s, w, '+', &add, &nadd);
     if (!st)
         st = flag_list(s, w, '-', &del, &ndel);
-    if (!st)
-        st = sess_select(s, folder, true);
     struct uid_list uids = {0};
     if (!st)
-        st = cmd_resolve_uids(s, folder, &set, &uids);
-    uidset_free(&set);
+        st = cmd_open_uids(s, w->v[1].text, w->v[2].text, true, &uids);
     struct flag_run fr = {.s = s, .uids = &uids};
     tbuf_init(&fr.scratch, 0);
     struct sess_op ops[3] = {{0}};
@@ -238,16 +230,9 @@ copy_on_tagged(struct sess_op *op, const struct imap_response *r)
 static enum tern_status
 copy_or_move(struct tern_session *s, const struct cmd_words *w, bool move)
 {
-    const char *folder = w->v[1].text, *dest = w->v[3].text;
-    struct uidset set;
-    enum tern_status st = cmd_parse_uids(s, w->v[2].text, &set);
-    if (st)
-        return st;
-    st = sess_select(s, folder, move);
-    struct uid_list uids = {0};
-    if (!st)
-        st = cmd_resolve_uids(s, folder, &set, &uids);
-    uidset_free(&set);
+    const char *dest = w->v[3].text;
+    struct uid_list uids;
+    enum tern_status st = cmd_open_uids(s, w->v[1].text, w->v[2].text, move, &uids);
     if (st)
         return st;
     struct copy_map map = {0};
@@ -271,24 +256,9 @@ copy_or_move(struct tern_session *s, const struct cmd_words *w, bool move)
     imap_args_free(&a);
     if (move && !native_move && !st) {
         /* RFC 6851's fallback: COPY, then mark and expunge exactly these. */
-        imap_args_init(&a);
-        st = imap_args_raw(&a, " ");
-        if (!st)
-            st = cmd_args_uids(&a, &uids);
-        if (!st)
-            st = imap_args_raw(&a, " +FLAGS.SILENT (\\Deleted)");
-        if (!st)
-            st = sess_run(s, "UID STORE", &a, NULL, NULL, NULL);
-        imap_args_free(&a);
-        if (!st && imap_has_cap(s->imap, "UIDPLUS")) {
-            imap_args_init(&a);
-            st = imap_args_raw(&a, " ");
-            if (!st)
-                st = cmd_args_uids(&a, &uids);
-            if (!st)
-                st = sess_run(s, "UID EXPUNGE", &a, NULL, NULL, NULL);
-            imap_args_free(&a);
-        }
+        st = cmd_run_on_uids(s, "UID STORE", &uids, " +FLAGS.SILENT (\\Deleted)");
+        if (!st && imap_has_cap(s->imap, "UIDPLUS"))
+            st = cmd_run_on_uids(s, "UID EXPUNGE", &uids, NULL);
     }
     if (trycreate)
         st = sess_fail(s, TERN_E_NOTFOUND, "no folder '%s'", dest);
@@ -335,28 +305,11 @@ cmd_move(struct tern_session *s, const struct cmd_words *w, const char *line)
 enum tern_status
 cmd_delete(struct tern_session *s, const struct cmd_words *w, const char *line)
 {
-    const char *folder = w->v[1].text;
-    struct uidset set;
-    enum tern_status st = cmd_parse_uids(s, w->v[2].text, &set);
+    struct uid_list uids;
+    enum tern_status st = cmd_open_uids(s, w->v[1].text, w->v[2].text, true, &uids);
     if (st)
         return st;
-    st = sess_select(s, folder, true);
-    struct uid_list uids = {0};
-    if (!st)
-        st = cmd_resolve_uids(s, folder, &set, &uids);
-    uidset_free(&set);
-    if (st)
-        return st;
-    struct imap_args a;
-    imap_args_init(&a);
-    st = imap_args_raw(&a, " ");
-    if (!st)
-        st = cmd_args_uids(&a, &uids);
-    if (!st)
-        st = imap_args_raw(&a, " +FLAGS.SILENT (\\Deleted)");
-    if (!st)
-        st = sess_run(s, "UID STORE", &a, NULL, NULL, NULL);
-    imap_args_free(&a);
+    st = cmd_run_on_uids(s, "UID STORE", &uids, " +FLAGS.SILENT (\\Deleted)");
     for (size_t i = 0; !st && i < uids.n; i++)
         st = cmd_emit_uid(s, uids.v[i]);
     uid_list_free(&uids);
@@ -381,17 +334,11 @@ cmd_expunge(struct tern_session *s, const struct cmd_words *w, const char *line)
         st = sess_fail(s, uids.st, "malformed SEARCH reply from the server");
     if (!st && uids.n) {
         uid_list_sort(&uids, 0);
-        imap_args_init(&a);
         /* UID EXPUNGE (RFC 4315) removes exactly what we report. */
-        bool uidplus = imap_has_cap(s->imap, "UIDPLUS");
-        if (uidplus) {
-            st = imap_args_raw(&a, " ");
-            if (!st)
-                st = cmd_args_uids(&a, &uids);
-        }
-        if (!st)
-            st = sess_run(s, uidplus ? "UID EXPUNGE" : "EXPUNGE", &a, NULL, NULL, NULL);
-        imap_args_free(&a);
+        if (imap_has_cap(s->imap, "UIDPLUS"))
+            st = cmd_run_on_uids(s, "UID EXPUNGE", &uids, NULL);
+        else
+            st = sess_run(s, "EXPUNGE", NULL, NULL, NULL, NULL);
     }
     for (size_t i = 0; !st && i < uids.n; i++)
         st = cmd_emit_uid(s, uids.v[i]);

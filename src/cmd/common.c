@@ -184,6 +184,39 @@ uid_list_has(const struct uid_list *l, uint32_t uid)
 }
 
 enum tern_status
+cmd_open_uids(struct tern_session *s, const char *folder, const char *word, bool write,
+              struct uid_list *out)
+{
+    memset(out, 0, sizeof(*out));
+    struct uidset set;
+    enum tern_status st = cmd_parse_uids(s, word, &set);
+    if (st)
+        return st;
+    st = sess_select(s, folder, write);
+    if (!st)
+        st = cmd_resolve_uids(s, folder, &set, out);
+    uidset_free(&set);
+    return st;
+}
+
+enum tern_status
+cmd_run_on_uids(struct tern_session *s, const char *name, const struct uid_list *l,
+                const char *suffix)
+{
+    struct imap_args a;
+    imap_args_init(&a);
+    enum tern_status st = imap_args_raw(&a, " ");
+    if (!st)
+        st = cmd_args_uids(&a, l);
+    if (!st && suffix)
+        st = imap_args_raw(&a, "%s", suffix);
+    if (!st)
+        st = sess_run(s, name, &a, NULL, NULL, NULL);
+    imap_args_free(&a);
+    return st;
+}
+
+enum tern_status
 cmd_emit_uid(struct tern_session *s, uint32_t uid)
 {
     struct json j;

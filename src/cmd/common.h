@@ -46,6 +46,18 @@ enum tern_status cmd_parse_uids(struct tern_session *s, const char *word, struct
 enum tern_status cmd_resolve_uids(struct tern_session *s, const char *folder,
                                   const struct uidset *set, struct uid_list *out);
 
+/*
+ * Parses the UIDS word, selects FOLDER (for writing when WRITE) and
+ * resolves the set there (cmd_resolve_uids): the start of every command
+ * that works on messages.
+ */
+enum tern_status cmd_open_uids(struct tern_session *s, const char *folder, const char *word,
+                               bool write, struct uid_list *out);
+
+/* Runs NAME " <set of L>" SUFFIX, e.g. UID STORE ... +FLAGS.SILENT (\Deleted). */
+enum tern_status cmd_run_on_uids(struct tern_session *s, const char *name, const struct uid_list *l,
+                                 const char *suffix);
+
 /* Appends a set of the UIDs in L (sorted or not) as raw text to A. */
 enum tern_status cmd_args_uids(struct imap_args *a, const struct uid_list *l);
 

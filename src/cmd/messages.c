@@ -421,12 +421,12 @@ sink_open(void *aux, uint64_t size, void **stream)
     return TERN_OK;
 }
 
+/* Writes all N bytes of P to FD (short writes and EINTR retried). */
 static enum tern_status
-sink_write(void *aux, void *stream, const char *p, size_t n)
+write_all(int fd, const char *p, size_t n)
 {
-    struct raw_msg *m = stream;
     while (n) {
-        ssize_t k = write(m->fd, p, n);
+        ssize_t k = write(fd, p, n);
         if (k < 0 && errno == EINTR)
             continue;
         if (k <= 0)
@@ -435,6 +435,13 @@ sink_write(void *aux, void *stream, const char *p, size_t n)
         n -= (size_t)k;
     }
     return TERN_OK;
+}
+
+static enum tern_status
+sink_write(void *aux, void *stream, const char *p, size_t n)
+{
+    struct raw_msg *m = stream;
+    return write_all(m->fd, p, n);
 }
 
 static void
@@ -508,14 +515,21 @@ fetch_raw(struct tern_session *s, const char *folder, const char *uidword, struc
     return m->st;
 }
 
+/* The parsed view of the fetched message, wherever it is held. */
+static enum tern_status
+raw_view(struct raw_msg *m, struct mime_view **v)
+{
+    if (m->mem || m->fd < 0)
+        return mime_view_mem(m->mem ? m->mem : "", m->len, v, &m->s->err);
+    return mime_view_fd(m->fd, v, &m->s->err);
+}
+
 static enum tern_status
 show_use(struct raw_msg *m, uint32_t uid)
 {
     struct tern_session *s = m->s;
     struct mime_view *v = NULL;
-    enum tern_status st = m->mem || m->fd < 0
-                              ? mime_view_mem(m->mem ? m->mem : "", m->len, &v, &s->err)
-                              : mime_view_fd(m->fd, &v, &s->err);
+    enum tern_status st = raw_view(m, &v);
     if (st)
         return st;
     struct json j;
@@ -581,9 +595,7 @@ save_target(struct raw_msg *m, struct save_ctx *ctx, uint32_t uid)
     char *name = NULL;
     if (strcmp(ctx->part, "0") != 0) {
         struct mime_view *v = NULL;
-        enum tern_status st = m->mem || m->fd < 0
-                                  ? mime_view_mem(m->mem ? m->mem : "", m->len, &v, &m->s->err)
-                                  : mime_view_fd(m->fd, &v, &m->s->err);
+        enum tern_status st = raw_view(m, &v);
         if (st)
             return st;
         for (size_t i = 0; i < v->nparts && !name; i++)
@@ -621,14 +633,8 @@ copy_fd(int fd, int out, uint64_t *size)
             return TERN_E_IO;
         if (n == 0)
             return TERN_OK;
-        for (ssize_t off = 0; off < n;) {
-            ssize_t k = write(out, buf + off, (size_t)(n - off));
-            if (k < 0 && errno == EINTR)
-                continue;
-            if (k <= 0)
-                return TERN_E_IO;
-            off += k;
-        }
+        if (write_all(out, buf, (size_t)n))
+            return TERN_E_IO;
         *size += (uint64_t)n;
     }
 }
@@ -661,16 +667,7 @@ save_use(struct raw_msg *m, uint32_t uid)
     enum tern_status st;
     if (strcmp(ctx->part, "0") == 0) {
         if (m->mem) {
-            st = TERN_OK;
-            for (size_t off = 0; off < m->len && !st;) {
-                ssize_t k = write(out, m->mem + off, m->len - off);
-                if (k < 0 && errno == EINTR)
-                    continue;
-                if (k <= 0)
-                    st = TERN_E_IO;
-                else
-                    off += (size_t)k;
-            }
+            st = write_all(out, m->mem, m->len);
             size = m->len;
         } else if (m->fd >= 0) {
             st = copy_fd(m->fd, out, &size);
