@@ -77,6 +77,9 @@ enum config_key {
     CONFIG_KEY_SENT_FOLDER,
     CONFIG_KEY_TIMEOUT,
     CONFIG_KEY_COMPRESS,
+    CONFIG_KEY_POP3_FOLDER,
+    CONFIG_KEY_POP3_KEEP,
+    CONFIG_KEY_POP3_KEEP_DAYS,
     CONFIG_KEY_COUNT
 };
 
@@ -95,6 +98,9 @@ static const char *const config_key_names[CONFIG_KEY_COUNT] = {
     [CONFIG_KEY_SENT_FOLDER] = "sent_folder",
     [CONFIG_KEY_TIMEOUT] = "timeout",
     [CONFIG_KEY_COMPRESS] = "compress",
+    [CONFIG_KEY_POP3_FOLDER] = "pop3_folder",
+    [CONFIG_KEY_POP3_KEEP] = "pop3_keep",
+    [CONFIG_KEY_POP3_KEEP_DAYS] = "pop3_keep_days",
 };
 
 /*
@@ -653,6 +659,7 @@ account_free(struct tern_account *a)
     free(a->tls_ca_file);
     free(a->cache_dir);
     free(a->sent_folder);
+    free(a->pop3_folder);
     free(a);
 }
 
@@ -970,13 +977,33 @@ config_on_pair(void *user, const char *section, const char *name, const char *va
         return 1;
     }
     case CONFIG_KEY_COMPRESS:
+    case CONFIG_KEY_POP3_KEEP: {
+        bool *flag = key == CONFIG_KEY_COMPRESS ? &a->compress : &a->pop3_keep;
         if (strcmp(value, "yes") == 0)
-            a->compress = true;
+            *flag = true;
         else if (strcmp(value, "no") == 0)
-            a->compress = false;
+            *flag = false;
         else
             return bad_value(ps, key, value, "yes or no");
         return 1;
+    }
+    case CONFIG_KEY_POP3_FOLDER:
+        if (!*value || value[0] == '/' || strstr(value, "..") || strchr(value, '\\'))
+            return bad_value(ps, key, value, "a folder name, without '..' or a leading '/'");
+        return set_string(ps, &a->pop3_folder, value);
+    case CONFIG_KEY_POP3_KEEP_DAYS: {
+        long days = 0;
+        size_t n = strlen(value);
+        bool ok = n > 0 && n <= 5;
+        for (size_t k = 0; ok && k < n; k++) {
+            ok = is_digit(value[k]);
+            days = days * 10 + (value[k] - '0');
+        }
+        if (!ok || days < 1 || days > 36500)
+            return bad_value(ps, key, value, "a number of days from 1 to 36500");
+        a->pop3_keep_days = (int)days;
+        return 1;
+    }
     case CONFIG_KEY_COUNT: break;
     }
     return config_fail(ps, TERN_E_CONFIG, ps->lineno, "unknown key '%s'", name);

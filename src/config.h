@@ -42,9 +42,12 @@ struct tern_account {
     char *tls_ca_file;
     char *cache_dir; /* expanded (~ and $XDG_DATA_HOME) */
     enum tern_offline_mode offline;
-    char *sent_folder; /* NULL: the SPECIAL-USE \Sent folder */
-    int timeout;       /* seconds for connect/read; default 30 */
-    bool compress;     /* COMPRESS=DEFLATE when the server offers it */
+    char *sent_folder;  /* NULL: the SPECIAL-USE \Sent folder */
+    int timeout;        /* seconds for connect/read; default 30 */
+    bool compress;      /* COMPRESS=DEFLATE when the server offers it */
+    char *pop3_folder;  /* local folder for POP3 mail; NULL: "Inbox" */
+    bool pop3_keep;     /* leave messages on the POP3 server */
+    int pop3_keep_days; /* with pop3_keep: delete after N days; 0: never */
     struct tern_account *next;
 };
 

@@ -24,6 +24,12 @@ Python use:
     dc.flags("alice", "INBOX", 1)  # the server's view, through doveadm
     dc.stop()                      # or dc.cleanup(), or use it as a context manager
 
+Dovecot(lmtp=True) also delivers by LMTP (RFC 2033) on the unix socket
+dc.lmtp_socket and answers SASL requests of an MTA on dc.auth_socket (the
+Dovecot SASL protocol that Postfix's smtpd_sasl_type = dovecot speaks); both
+sockets are mode 0666 under run/. tests/lib/mta.py uses them. This needs the
+Debian package dovecot-lmtpd; has_lmtp() says whether it is installed.
+
 Messages are written straight into the Maildir, byte for byte, before or after
 start; within one call they get ascending UIDs in the order given.
 
@@ -89,6 +95,15 @@ class DovecotError(Exception):
     """The fixture could not set up, start or control the server."""
 
 
+# The LMTP server of Debian's dovecot-lmtpd.
+LMTP_BINARY = "/usr/lib/dovecot/lmtp"
+
+
+def has_lmtp():
+    """True when Dovecot's LMTP server (Debian package dovecot-lmtpd) is installed."""
+    return os.access(LMTP_BINARY, os.X_OK)
+
+
 def _run(argv, check=True, input=None, timeout=60, env=None):
     proc = subprocess.run(argv, input=input, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           timeout=timeout, env=env)
@@ -144,7 +159,7 @@ def _pid_alive(pid):
 class Dovecot:
     """One private Dovecot instance (IMAP, IMAPS, POP3, POP3S on 127.0.0.1)."""
 
-    def __init__(self, root=None, users=None, cert="good", zlib=True, fsync=False):
+    def __init__(self, root=None, users=None, cert="good", zlib=True, fsync=False, lmtp=False):
         if cert not in CERTS:
             raise ValueError("cert must be one of %s" % ", ".join(CERTS))
         self._own_root = root is None
@@ -155,6 +170,10 @@ class Dovecot:
         self.cert = cert
         self.zlib = zlib
         self.fsync = fsync
+        self.lmtp = lmtp
+        if lmtp and not has_lmtp():
+            raise DovecotError("LMTP wanted but %s is missing: apt-get install dovecot-lmtpd"
+                               % LMTP_BINARY)
         self.ports = {}
         self.host = "127.0.0.1"
         self._folder_paths = {}
@@ -190,6 +209,16 @@ class Dovecot:
     @property
     def log_file(self):
         return self.path("dovecot.log")
+
+    @property
+    def lmtp_socket(self):
+        """The LMTP unix socket (with lmtp=True)."""
+        return self.path("run", "lmtp-mta")
+
+    @property
+    def auth_socket(self):
+        """The SASL socket for an MTA (with lmtp=True)."""
+        return self.path("run", "auth-mta")
 
     def cert_file(self, which=None):
         return self.path("tls", "%s.pem" % (which or self.cert))
@@ -347,6 +376,8 @@ class Dovecot:
             plugins="zlib" if self.zlib else "",
             imap_plugins="imap_zlib" if self.zlib else "",
             mailboxes=mailboxes,
+            protocols="imap pop3 lmtp" if self.lmtp else "imap pop3",
+            lmtp=_LMTP_CONF if self.lmtp else "",
             **{"port_" + k: v for k, v in self.ports.items()})
         with open(self.conf, "w") as f:
             f.write(conf)
@@ -500,6 +531,8 @@ class Dovecot:
             "DOVECOT_FINGERPRINT": "sha256:" + self.fingerprint(),
             "DOVECOT_USERS": " ".join(self.users),
             **{"%s_PASSWORD" % u.upper(): p for u, p in self.users.items()},
+            **({"DOVECOT_LMTP_SOCKET": self.lmtp_socket,
+                "DOVECOT_AUTH_SOCKET": self.auth_socket} if self.lmtp else {}),
         }
 
     def doveadm(self, *args, check=True, input=None):
@@ -821,7 +854,7 @@ state_dir = {root}/state
 log_path = {root}/dovecot.log
 info_log_path = {root}/dovecot.log
 listen = 127.0.0.1
-protocols = imap pop3
+protocols = {protocols}
 login_greeting = tern test Dovecot ready.
 # No stats: a login process that waits for the stats handshake delays a stop by 5 s.
 stats_writer_socket_path =
@@ -892,6 +925,24 @@ service pop3-login {{
     ssl = yes
   }}
 }}
+{lmtp}"""
+
+# With lmtp=True: LMTP delivery and SASL for a private MTA, on unix sockets in
+# base_dir that the MTA's unprivileged processes may use (mode 0666; nothing
+# outside this machine can reach them).
+_LMTP_CONF = """
+postmaster_address = postmaster@example.org
+lmtp_rcpt_check_quota = no
+service lmtp {
+  unix_listener lmtp-mta {
+    mode = 0666
+  }
+}
+service auth {
+  unix_listener auth-mta {
+    mode = 0666
+  }
+}
 """
 
 
@@ -906,6 +957,8 @@ def main(argv=None):
     p = sub.add_parser("start", help="start (set up if needed) and print variables")
     p.add_argument("dir")
     p.add_argument("--cert", default="good", choices=CERTS)
+    p.add_argument("--lmtp", action="store_true",
+                   help="also LMTP and an MTA's SASL socket (for tests/lib/mta.py)")
     p = sub.add_parser("stop", help="stop the server of DIR")
     p.add_argument("dir")
     p = sub.add_parser("env", help="print the variables of DIR")
@@ -924,15 +977,23 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     cert = "good"
+    lmtp = False
     conf = os.path.join(args.dir, "dovecot.conf")
     if args.cmd == "start":
         cert = args.cert
+        lmtp = args.lmtp
     elif os.path.exists(conf):
         with open(conf) as f:
             for line in f:
                 if line.startswith("ssl_cert = <"):
                     cert = os.path.basename(line.strip()).rsplit(".", 1)[0]
-    dc = Dovecot(root=args.dir, cert=cert)
+                elif line.startswith("protocols = ") and "lmtp" in line.split():
+                    lmtp = True
+    try:
+        dc = Dovecot(root=args.dir, cert=cert, lmtp=lmtp)
+    except DovecotError as e:
+        print("dovecot.py: %s" % e, file=sys.stderr)
+        return 1
     dc._load_ports()
     try:
         if args.cmd == "start":

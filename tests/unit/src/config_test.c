@@ -863,6 +863,41 @@ test_many_accounts(void **state)
     free(text);
 }
 
+static void
+test_compress_and_pop3_keys(void **state)
+{
+    struct tern_config *cfg = parse_ok("[account a]\n"
+                                       "pop3 = pop3s://alice@pop.example.org\n"
+                                       "compress = yes\n"
+                                       "pop3_folder = Mail/POP\n"
+                                       "pop3_keep = yes\n"
+                                       "pop3_keep_days = 14\n");
+    const struct tern_account *a = cfg->accounts;
+    assert_true(a->compress);
+    assert_string_equal(a->pop3_folder, "Mail/POP");
+    assert_true(a->pop3_keep);
+    assert_int_equal(a->pop3_keep_days, 14);
+    tern_config_free(cfg);
+
+    cfg = parse_ok("[account a]\npop3 = pop3s://alice@pop.example.org\n");
+    a = cfg->accounts;
+    assert_false(a->compress);
+    assert_null(a->pop3_folder);
+    assert_false(a->pop3_keep);
+    assert_int_equal(a->pop3_keep_days, 0);
+    tern_config_free(cfg);
+
+    assert_parse_error("[account a]\nimap = imaps://a@h\ncompress = maybe\n",
+                       "t.conf:3: bad value 'maybe' for key 'compress' in [account a] "
+                       "(expected yes or no)");
+    assert_parse_error("[account a]\nimap = imaps://a@h\npop3_keep_days = 0\n",
+                       "t.conf:3: bad value '0' for key 'pop3_keep_days' in [account a] "
+                       "(expected a number of days from 1 to 36500)");
+    assert_parse_error("[account a]\nimap = imaps://a@h\npop3_folder = ../x\n",
+                       "t.conf:3: bad value '../x' for key 'pop3_folder' in [account a] "
+                       "(expected a folder name, without '..' or a leading '/')");
+}
+
 int
 main(void)
 {
@@ -880,6 +915,7 @@ main(void)
         cmocka_unit_test_setup(test_nul_bytes, test_setup),
         cmocka_unit_test_setup(test_long_lines, test_setup),
         cmocka_unit_test_setup(test_many_accounts, test_setup),
+        cmocka_unit_test_setup(test_compress_and_pop3_keys, test_setup),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
