@@ -6,6 +6,9 @@
  * Layer: proto/. Knows nothing of the protocols above it: the line engine
  * (line.h) owns buffering; this module moves bytes and reports events.
  *
+ * The program must ignore SIGPIPE (the CLI does): OpenSSL writes to the
+ * socket with write(2), which raises it when the peer has closed.
+ *
  * Verification is on by default (RFC 8314, RFC 7817): the chain against the
  * system store plus the extra CA file, and the host name (or IP address)
  * with SSL_set1_host / X509_VERIFY_PARAM_set1_ip_asc. With a fingerprint
