@@ -20,9 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tbuf.h"
-
 #include "b64.h"
+#include "tbuf.h"
 
 static const char mutf7_b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,";
 

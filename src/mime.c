@@ -49,10 +49,10 @@
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 
+#include "b64.h"
 #include "err.h"
 #include "tbuf.h"
 
-#include "b64.h"
 #include "text.h"
 
 /*
