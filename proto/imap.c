@@ -687,6 +687,7 @@ imap_on_line_event(void *aux, enum line_event ev, enum tern_status st)
             line_set_waiting(c->line, true);
         }
         break;
+    case LINE_EV_DRAINED: break; /* nothing waits for the send queue here */
     case LINE_EV_TLS_DONE:
         if (c->state == IMAP_ST_TLS_HANDSHAKE) {
             imap_set_state(c, IMAP_ST_GREETING);

@@ -299,11 +299,15 @@ line_on_net(void *aux, enum net_event ev, enum tern_status st)
     case NET_EV_TLS_DONE: l->h.on_event(l->aux, LINE_EV_TLS_DONE, TERN_OK); break;
     case NET_EV_READABLE: line_on_readable(l); break;
     case NET_EV_WRITABLE: {
+        bool was_full = tbuf_len(&l->sbuf) > 0;
         enum tern_status fst = line_flush(l);
-        if (fst)
+        if (fst) {
             line_fail(l, fst);
-        else
-            line_arm_timer(l);
+            break;
+        }
+        line_arm_timer(l);
+        if (was_full && tbuf_len(&l->sbuf) == 0)
+            l->h.on_event(l->aux, LINE_EV_DRAINED, TERN_OK);
         break;
     }
     case NET_EV_ERROR: line_fail(l, st); break;

@@ -25,6 +25,7 @@ enum line_event {
     LINE_EV_CONNECTED, /* TCP up */
     LINE_EV_TLS_DONE,  /* handshake done and verified */
     LINE_EV_ERROR,     /* fatal: the status and the error slot say why */
+    LINE_EV_DRAINED,   /* the send queue, full before, has been written out */
 };
 
 struct line_handler {

@@ -1023,6 +1023,7 @@ pop3_on_line_event(void *aux, enum line_event ev, enum tern_status st)
             line_set_waiting(c->line, true);
         }
         break;
+    case LINE_EV_DRAINED: break; /* nothing waits for the send queue here */
     case LINE_EV_TLS_DONE:
         if (c->state == POP3_ST_TLS_HANDSHAKE) {
             pop3_set_state(c, POP3_ST_GREETING);
