@@ -214,7 +214,7 @@ tern_session_set_trace(struct tern_session *s, tern_trace_fn fn, void *aux)
     s->trace_aux = aux;
 }
 
-static void
+void
 sess_trace(void *aux, bool sent, const char *line, size_t len)
 {
     struct tern_session *s = aux;

@@ -68,6 +68,9 @@ struct sess_op {
     void *data;
 };
 
+/* The protocol trace hook for engines (AUX is the session). */
+void sess_trace(void *aux, bool sent, const char *line, size_t len);
+
 /* Connects and logs in when not yet connected (or after a failure). */
 enum tern_status sess_imap(struct tern_session *s);
 

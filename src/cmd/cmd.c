@@ -118,10 +118,11 @@ static const struct cmd_def commands[] = {
     {"unsubscribe", 1, 1, cmd_unsubscribe, "unsubscribe NAME"},
     {"rename", 2, 2, cmd_rename, "rename OLD NEW"},
     {"search", 1, SIZE_MAX, cmd_search, "search FOLDER QUERY | search --local QUERY"},
+    {"pop", 0, 1, cmd_pop, "pop [--keep]"},
 };
 
 /* Commands of DESIGN.md that later parts of tern provide. */
-static const char *const later[] = {"sync", "offline", "pop", "send", "compose", "outbox", "flush"};
+static const char *const later[] = {"sync", "offline", "send", "compose", "outbox", "flush"};
 
 enum tern_status
 cmd_run(struct tern_session *s, const char *line)

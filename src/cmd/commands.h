@@ -29,6 +29,7 @@ enum tern_status cmd_rmdir(struct tern_session *s, const struct cmd_words *w, co
 enum tern_status cmd_subscribe(struct tern_session *s, const struct cmd_words *w, const char *line);
 enum tern_status cmd_unsubscribe(struct tern_session *s, const struct cmd_words *w,
                                  const char *line);
+enum tern_status cmd_pop(struct tern_session *s, const struct cmd_words *w, const char *line);
 enum tern_status cmd_rename(struct tern_session *s, const struct cmd_words *w, const char *line);
 
 #endif
