@@ -495,31 +495,65 @@ summary_json(const struct imap_item *list, const char *folder, struct tbuf *out,
     if (!it_uid || !it_uid->is_number || !it_uid->num || it_uid->num > UINT32_MAX)
         return TERN_E_PROTO;
     *uid = (uint32_t)it_uid->num;
+    char *idate_iso = imap_item_str(idate) ? summary_iso_date(idate->str, idate->len, 1) : NULL;
+    struct summary_src src = {
+        .uid = *uid,
+        .folder = folder,
+        .hdrs = imap_item_str(hdrs) ? hdrs->str : NULL,
+        .hlen = imap_item_str(hdrs) ? hdrs->len : 0,
+        .fallback_date = idate_iso,
+        .imap_flags = flags,
+        .has_size = size && size->is_number,
+        .size = size && size->is_number ? size->num : 0,
+    };
+    enum tern_status st = summary_write(&src, out);
+    free(idate_iso);
+    return st;
+}
+
+/* Maildir info letters (maildir(5)) as flag names, in the order of the
+ * IMAP system flags. */
+static void
+maildir_flags_json(struct json *j, const char *letters)
+{
+    static const struct {
+        char letter;
+        const char *name;
+    } map[] = {{'S', "seen"}, {'R', "answered"}, {'F', "flagged"}, {'T', "deleted"},
+               {'D', "draft"}};
+    json_arr(j);
+    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+        if (letters && strchr(letters, map[i].letter))
+            json_cstr(j, map[i].name);
+    json_arr_end(j);
+}
+
+enum tern_status
+summary_write(const struct summary_src *src, struct tbuf *out)
+{
     struct summary_headers h;
     memset(&h, 0, sizeof(h));
     for (int i = 0; i < SF_COUNT; i++)
         tbuf_init(&h.unfolded[i], 0);
-    if (imap_item_str(hdrs))
-        headers_split(&h, hdrs->str, hdrs->len);
+    if (src->hdrs)
+        headers_split(&h, src->hdrs, src->hlen);
 
     tbuf_reset(out);
     struct json j;
     json_init(&j, out);
     json_obj(&j);
     json_key(&j, "uid");
-    json_int(&j, *uid);
-    if (folder) {
+    json_int(&j, src->uid);
+    if (src->folder) {
         json_key(&j, "folder");
-        json_cstr(&j, folder);
+        json_cstr(&j, src->folder);
     }
 
     char *date = NULL;
     if (h.v[SF_DATE])
         date = summary_iso_date(h.v[SF_DATE], h.len[SF_DATE], 0);
-    if (!date && imap_item_str(idate))
-        date = summary_iso_date(idate->str, idate->len, 1);
     json_key(&j, "date");
-    json_cstr(&j, date);
+    json_cstr(&j, date ? date : src->fallback_date);
     free(date);
 
     json_address(&j, "from", h.v[SF_FROM], h.len[SF_FROM]);
@@ -532,10 +566,13 @@ summary_json(const struct imap_item *list, const char *folder, struct tbuf *out,
         json_cstr(&j, "");
 
     json_key(&j, "flags");
-    summary_flags_json(&j, flags);
+    if (src->imap_flags || !src->maildir_flags)
+        summary_flags_json(&j, src->imap_flags);
+    else
+        maildir_flags_json(&j, src->maildir_flags);
     json_key(&j, "size");
-    if (size && size->is_number)
-        json_int(&j, (int64_t)size->num);
+    if (src->has_size)
+        json_int(&j, (int64_t)src->size);
     else
         json_null(&j);
 
@@ -569,7 +606,7 @@ summary_json(const struct imap_item *list, const char *folder, struct tbuf *out,
     } else {
         /* No Message-ID anywhere: the message is a thread of its own. */
         char tid[24];
-        snprintf(tid, sizeof(tid), "uid:%u", *uid);
+        snprintf(tid, sizeof(tid), "uid:%u", src->uid);
         json_cstr(&j, tid);
     }
     json_obj_end(&j);

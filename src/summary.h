@@ -48,6 +48,22 @@ const struct imap_item *fetch_item(const struct imap_item *list, const char *nam
 enum tern_status summary_json(const struct imap_item *list, const char *folder, struct tbuf *out,
                               uint32_t *uid);
 
+/* What a summary is written from, wherever the message lives. */
+struct summary_src {
+    uint32_t uid;
+    const char *folder;        /* adds "folder" when not NULL */
+    const char *hdrs;          /* the header block (at least the fields above) */
+    size_t hlen;
+    const char *fallback_date; /* ISO 8601, when Date is missing or bad; may be NULL */
+    const struct imap_item *imap_flags; /* a FLAGS list, or NULL */
+    const char *maildir_flags; /* or Maildir info letters ("FS"), or NULL */
+    bool has_size;
+    uint64_t size;
+};
+
+/* Writes the summary object of SRC into OUT (emptied first). */
+enum tern_status summary_write(const struct summary_src *src, struct tbuf *out);
+
 /* Appends the flags of a FLAGS list as JSON array of names ("seen", ...). */
 struct json;
 void summary_flags_json(struct json *j, const struct imap_item *flags);

@@ -15,11 +15,14 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cmd/commands.h"
 #include "cmd/common.h"
 #include "json.h"
+#include "local.h"
+#include "maildir.h"
 #include "mime.h"
 #include "query.h"
 #include "summary.h"
@@ -29,6 +32,8 @@
 /* From this many messages on, a second connection fetches every other chunk:
  * the server then works on two cores, and its work is most of the time. */
 #define LIST_PARALLEL_MIN 10000
+/* The most of a local message read for its summary's header fields. */
+#define LOCAL_HEADERS_MAX (256u << 10)
 
 /* ---- list and search ---- */
 
@@ -291,10 +296,91 @@ search_uids(struct tern_session *s, const char *query, size_t qlen, struct uid_l
     return st;
 }
 
+/* Reads the header block of a local message (up to the blank line). */
+static enum tern_status
+local_headers(struct local_folder *f, const struct local_msg *m, struct tbuf *out,
+              struct tern_err *err)
+{
+    int fd = -1;
+    enum tern_status st = maildir_msg_open(f->md, m->name, &fd, err);
+    if (st)
+        return st;
+    tbuf_reset(out);
+    char buf[8192];
+    while (tbuf_len(out) < LOCAL_HEADERS_MAX) {
+        ssize_t n = read(fd, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        if ((st = tbuf_add(out, buf, (size_t)n)))
+            break;
+        if (strstr(tbuf_ptr(out), "\n\n") || strstr(tbuf_ptr(out), "\n\r\n"))
+            break;
+    }
+    close(fd);
+    return st;
+}
+
+static enum tern_status
+local_list(struct tern_session *s, const char *folder, size_t qlen, long limit, bool with_folder)
+{
+    if (qlen)
+        return sess_fail(s, TERN_E_UNSUPPORTED,
+                         "searching the local folder '%s' needs the notmuch index, which this "
+                         "version of tern does not build yet",
+                         folder);
+    struct local_folder f;
+    enum tern_status st = local_open(s, folder, &f);
+    if (st)
+        return st;
+    struct tbuf hdrs, out;
+    tbuf_init(&hdrs, 0);
+    tbuf_init(&out, 0);
+    size_t count = 0;
+    for (size_t i = f.n; !st && i-- > 0 && (limit < 0 || count < (size_t)limit); count++) {
+        const struct local_msg *m = &f.v[i];
+        st = local_headers(&f, m, &hdrs, &s->err);
+        if (st == TERN_E_NOTFOUND) {
+            st = TERN_OK; /* removed meanwhile */
+            continue;
+        }
+        char date[40];
+        struct tm tm;
+        time_t t = (time_t)m->mtime;
+        gmtime_r(&t, &tm);
+        strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%S+00:00", &tm);
+        struct summary_src src = {
+            .uid = m->uid,
+            .folder = with_folder ? folder : NULL,
+            .hdrs = tbuf_ptr(&hdrs),
+            .hlen = tbuf_len(&hdrs),
+            .fallback_date = date,
+            .maildir_flags = m->flags,
+            .has_size = true,
+            .size = m->size,
+        };
+        if (!st)
+            st = summary_write(&src, &out);
+        if (!st && s->emit)
+            s->emit(tbuf_ptr(&out), tbuf_len(&out), s->emit_aux);
+    }
+    tbuf_free(&hdrs);
+    tbuf_free(&out);
+    local_close(&f);
+    return st;
+}
+
 static enum tern_status
 list_or_search(struct tern_session *s, const char *folder, const char *query, size_t qlen,
                long limit, bool with_folder)
 {
+    if (local_is_local(s, folder)) {
+        bool has_query = false;
+        for (size_t i = 0; i < qlen; i++)
+            has_query |= query[i] != ' ';
+        return local_list(s, folder, has_query ? qlen : 0, limit, with_folder);
+    }
     enum tern_status st = sess_select(s, folder, false);
     if (st)
         return st;
@@ -482,6 +568,31 @@ raw_on_fetch(void *aux, const struct imap_response *r)
     return true;
 }
 
+/* The same for a message of a local folder: it is read from its file. */
+static enum tern_status
+fetch_local(struct tern_session *s, const char *folder, struct raw_msg *m)
+{
+    struct local_folder f;
+    enum tern_status st = local_open(s, folder, &f);
+    if (st)
+        return st;
+    const struct local_msg *lm = local_find(&f, m->uid);
+    if (!lm)
+        st = sess_fail(s, TERN_E_NOTFOUND, "no message with UID %u in folder '%s'", m->uid, folder);
+    if (!st)
+        st = maildir_msg_open(f.md, lm->name, &m->fd, &s->err);
+    if (!st) {
+        m->found = true;
+        m->len = lm->size;
+        st = m->use(m, m->uid);
+    }
+    if (m->fd >= 0)
+        close(m->fd);
+    m->fd = -1;
+    local_close(&f);
+    return st;
+}
+
 /* Fetches BODY.PEEK[] of UID in FOLDER and calls M->use inside the handler. */
 static enum tern_status
 fetch_raw(struct tern_session *s, const char *folder, const char *uidword, struct raw_msg *m)
@@ -491,12 +602,14 @@ fetch_raw(struct tern_session *s, const char *folder, const char *uidword, struc
     unsigned long uid = strtoul(uidword, &e, 10);
     if (errno || *e || !uid || uid > UINT32_MAX || uidword[0] == '-' || uidword[0] == '+')
         return sess_fail(s, TERN_E_USAGE, "'%s' is not a UID", uidword);
-    enum tern_status st = sess_select(s, folder, false);
-    if (st)
-        return st;
     m->fd = -1;
     m->s = s;
     m->uid = (uint32_t)uid;
+    if (local_is_local(s, folder))
+        return fetch_local(s, folder, m);
+    enum tern_status st = sess_select(s, folder, false);
+    if (st)
+        return st;
     struct imap_literal_sink sink = {sink_open, sink_write, sink_close, m};
     imap_set_literal_sink(s->imap, &sink);
     struct imap_args a;
