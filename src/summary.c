@@ -519,8 +519,8 @@ maildir_flags_json(struct json *j, const char *letters)
     static const struct {
         char letter;
         const char *name;
-    } map[] = {{'S', "seen"}, {'R', "answered"}, {'F', "flagged"}, {'T', "deleted"},
-               {'D', "draft"}};
+    } map[] = {
+        {'S', "seen"}, {'R', "answered"}, {'F', "flagged"}, {'T', "deleted"}, {'D', "draft"}};
     json_arr(j);
     for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
         if (letters && strchr(letters, map[i].letter))

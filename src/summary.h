@@ -51,12 +51,12 @@ enum tern_status summary_json(const struct imap_item *list, const char *folder, 
 /* What a summary is written from, wherever the message lives. */
 struct summary_src {
     uint32_t uid;
-    const char *folder;        /* adds "folder" when not NULL */
-    const char *hdrs;          /* the header block (at least the fields above) */
+    const char *folder; /* adds "folder" when not NULL */
+    const char *hdrs;   /* the header block (at least the fields above) */
     size_t hlen;
-    const char *fallback_date; /* ISO 8601, when Date is missing or bad; may be NULL */
+    const char *fallback_date;          /* ISO 8601, when Date is missing or bad; may be NULL */
     const struct imap_item *imap_flags; /* a FLAGS list, or NULL */
-    const char *maildir_flags; /* or Maildir info letters ("FS"), or NULL */
+    const char *maildir_flags;          /* or Maildir info letters ("FS"), or NULL */
     bool has_size;
     uint64_t size;
 };
