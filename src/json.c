@@ -225,3 +225,10 @@ json_bool(struct json *j, bool v)
     json_value_start(j);
     json_put(j, v ? "true" : "false", v ? 4 : 5);
 }
+
+void
+json_raw(struct json *j, const char *s, size_t len)
+{
+    json_value_start(j);
+    json_put(j, s, len);
+}

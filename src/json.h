@@ -38,6 +38,8 @@ void json_cstr(struct json *j, const char *s); /* NULL writes null */
 void json_null(struct json *j);
 void json_int(struct json *j, int64_t v);
 void json_bool(struct json *j, bool v);
+/* A value that is already JSON (an array built with another writer). */
+void json_raw(struct json *j, const char *s, size_t len);
 /* Sanitized network text (see text.h); MULTILINE keeps newlines and tabs. */
 void json_net_str(struct json *j, const char *s, size_t len, bool multiline);
 

@@ -119,10 +119,15 @@ static const struct cmd_def commands[] = {
     {"rename", 2, 2, cmd_rename, "rename OLD NEW"},
     {"search", 1, SIZE_MAX, cmd_search, "search FOLDER QUERY | search --local QUERY"},
     {"pop", 0, 1, cmd_pop, "pop [--keep]"},
+    {"send", 1, 1, cmd_send, "send FILE"},
+    {"compose", 2, SIZE_MAX, cmd_compose,
+     "compose --to ADDR [--cc ADDR] [--bcc ADDR] --subject S [--attach FILE]... --body-file F"},
+    {"outbox", 0, 0, cmd_outbox, "outbox"},
+    {"flush", 0, 0, cmd_flush, "flush"},
 };
 
 /* Commands of DESIGN.md that later parts of tern provide. */
-static const char *const later[] = {"sync", "offline", "send", "compose", "outbox", "flush"};
+static const char *const later[] = {"sync", "offline"};
 
 enum tern_status
 cmd_run(struct tern_session *s, const char *line)

@@ -29,6 +29,10 @@ enum tern_status cmd_rmdir(struct tern_session *s, const struct cmd_words *w, co
 enum tern_status cmd_subscribe(struct tern_session *s, const struct cmd_words *w, const char *line);
 enum tern_status cmd_unsubscribe(struct tern_session *s, const struct cmd_words *w,
                                  const char *line);
+enum tern_status cmd_send(struct tern_session *s, const struct cmd_words *w, const char *line);
+enum tern_status cmd_compose(struct tern_session *s, const struct cmd_words *w, const char *line);
+enum tern_status cmd_outbox(struct tern_session *s, const struct cmd_words *w, const char *line);
+enum tern_status cmd_flush(struct tern_session *s, const struct cmd_words *w, const char *line);
 enum tern_status cmd_pop(struct tern_session *s, const struct cmd_words *w, const char *line);
 enum tern_status cmd_rename(struct tern_session *s, const struct cmd_words *w, const char *line);
 
