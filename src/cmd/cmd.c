@@ -123,7 +123,7 @@ static const struct cmd_def commands[] = {
     {"compose", 2, SIZE_MAX, cmd_compose,
      "compose --to ADDR [--cc ADDR] [--bcc ADDR] --subject S [--attach FILE]... --body-file F"},
     {"outbox", 0, 0, cmd_outbox, "outbox"},
-    {"flush", 0, 0, cmd_flush, "flush"},
+    {"flush", 0, 1, cmd_flush, "flush [--now]"},
 };
 
 /* Commands of DESIGN.md that later parts of tern provide. */

@@ -547,6 +547,7 @@ struct flush_item {
     char *id;
     enum state_outbox_status status;
     uint32_t attempts;
+    int64_t next_attempt;
 };
 
 struct flush_list {
@@ -557,7 +558,8 @@ struct flush_list {
 };
 
 static enum tern_status
-flush_add(struct flush_list *l, const char *id, enum state_outbox_status status, uint32_t attempts)
+flush_add(struct flush_list *l, const char *id, enum state_outbox_status status, uint32_t attempts,
+          int64_t next_attempt)
 {
     struct flush_item *v = realloc(l->v, (l->n + 1) * sizeof(*v));
     if (!v)
@@ -566,13 +568,14 @@ flush_add(struct flush_list *l, const char *id, enum state_outbox_status status,
     l->v[l->n].id = strdup(id);
     l->v[l->n].status = status;
     l->v[l->n].attempts = attempts;
+    l->v[l->n].next_attempt = next_attempt;
     return l->v[l->n++].id ? TERN_OK : TERN_E_NOMEM;
 }
 
 static enum tern_status
 flush_on_record(const char *id, const struct state_outbox_rec *r, void *aux)
 {
-    return flush_add(aux, id, r->status, r->attempts);
+    return flush_add(aux, id, r->status, r->attempts, r->next_attempt);
 }
 
 static enum tern_status
@@ -583,7 +586,7 @@ flush_on_file(const struct maildir_entry *e, void *aux)
         if (strcmp(l->v[i].id, e->name) == 0)
             return TERN_OK;
     /* In the outbox without a record: a crash right after the rename. */
-    return flush_add(l, e->name, STATE_OUTBOX_QUEUED, 0);
+    return flush_add(l, e->name, STATE_OUTBOX_QUEUED, 0, 0);
 }
 
 static void
@@ -610,10 +613,12 @@ outbox_list(struct tern_session *s, struct outbox *o, struct flush_list *l)
 /*
  * Sends the queued messages (ONLY: just that one) over one connection.
  * Messages marked failed are left alone; a message left SENDING by a crash
- * is sent again.
+ * is sent again. A message whose last attempt failed for a passing reason
+ * waits for its next attempt time (backing off from 1 minute to 1 hour)
+ * unless NOW.
  */
 static enum tern_status
-flush_run(struct tern_session *s, struct outbox *o, const char *only)
+flush_run(struct tern_session *s, struct outbox *o, const char *only, bool now)
 {
     struct flush_list l = {0};
     enum tern_status st = outbox_list(s, o, &l);
@@ -622,6 +627,20 @@ flush_run(struct tern_session *s, struct outbox *o, const char *only)
         struct flush_item *it = &l.v[i];
         if (it->status == STATE_OUTBOX_FAILED || (only && strcmp(it->id, only) != 0))
             continue;
+        if (!now && it->status == STATE_OUTBOX_QUEUED && it->next_attempt > time(NULL)) {
+            struct json j;
+            sess_obj_begin(s, &j);
+            json_obj(&j);
+            json_key(&j, "state");
+            json_cstr(&j, "queued");
+            json_key(&j, "id");
+            json_cstr(&j, it->id);
+            json_key(&j, "next_attempt");
+            json_int(&j, it->next_attempt);
+            json_obj_end(&j);
+            st = sess_obj_emit(s, &j);
+            continue;
+        }
         if (!fr.c)
             st = smtp_connect(s, &fr.c);
         if (!st)
@@ -643,10 +662,16 @@ flush_run(struct tern_session *s, struct outbox *o, const char *only)
 enum tern_status
 cmd_flush(struct tern_session *s, const struct cmd_words *w, const char *line)
 {
+    bool now = false;
+    for (size_t i = 1; i < w->n; i++) {
+        if (strcmp(w->v[i].text, "--now") != 0)
+            return sess_fail(s, TERN_E_USAGE, "usage: flush [--now]");
+        now = true;
+    }
     struct outbox o;
     enum tern_status st = outbox_open(s, &o);
     if (!st)
-        st = flush_run(s, &o, NULL);
+        st = flush_run(s, &o, NULL, now);
     outbox_close(&o);
     return st;
 }
@@ -756,7 +781,7 @@ queue_and_send(struct tern_session *s, outbox_writer write, void *aux)
         st = sess_obj_emit(s, &j);
     }
     if (!st)
-        st = flush_run(s, &o, id);
+        st = flush_run(s, &o, id, true);
     free(id);
     free(mid);
     outbox_close(&o);
