@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "mutf7.h"
 
@@ -212,6 +213,15 @@ tern_session_set_trace(struct tern_session *s, tern_trace_fn fn, void *aux)
 {
     s->trace = fn;
     s->trace_aux = aux;
+}
+
+int64_t
+sess_now(void)
+{
+    const char *v = getenv("TERN_TEST_NOW");
+    if (v && *v)
+        return strtoll(v, NULL, 10);
+    return (int64_t)time(NULL);
 }
 
 void

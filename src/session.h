@@ -68,6 +68,10 @@ struct sess_op {
     void *data;
 };
 
+/* Seconds since the epoch; TERN_TEST_NOW replaces the clock in tests of
+ * time-dependent rules (pop3_keep_days, the outbox's back-off). */
+int64_t sess_now(void);
+
 /* The protocol trace hook for engines (AUX is the session). */
 void sess_trace(void *aux, bool sent, const char *line, size_t len);
 

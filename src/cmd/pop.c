@@ -64,17 +64,6 @@ pop_step(const char *what)
         raise(SIGKILL);
 }
 
-/* The clock; TERN_TEST_NOW (seconds since the epoch) replaces it in tests
- * of pop3_keep_days. */
-static int64_t
-pop_now(void)
-{
-    const char *v = getenv("TERN_TEST_NOW");
-    if (v && *v)
-        return strtoll(v, NULL, 10);
-    return (int64_t)time(NULL);
-}
-
 struct pop_msg {
     uint32_t msgno;
     char key[POP_KEY_MAX + 1]; /* state key; "" until known (hash mode) */
@@ -277,7 +266,7 @@ pop_settle_write(struct state_txn *t, void *aux, struct tern_err *err)
     for (size_t i = 0; i < ps->n; i++) {
         enum tern_status st;
         if (ps->stored[i]) {
-            struct state_pop3_rec r = {STATE_POP3_STORED, ps->files[i], pop_now(), 0};
+            struct state_pop3_rec r = {STATE_POP3_STORED, ps->files[i], sess_now(), 0};
             st = state_pop3_put(t, acct, ps->keys[i], strlen(ps->keys[i]), &r, err);
         } else {
             st = state_pop3_del(t, acct, ps->keys[i], strlen(ps->keys[i]), err);
@@ -393,7 +382,7 @@ pop_record(struct state_txn *t, void *aux, struct tern_err *err, enum state_pop3
     for (size_t b = 0; b < run->nbatch; b++) {
         struct pop_msg *m = &run->m[run->batch_msgs[b]];
         const char *name = maildir_batch_name(run->batch, b);
-        struct state_pop3_rec r = {status, name, pop_now(), maildir_batch_size(run->batch, b)};
+        struct state_pop3_rec r = {status, name, sess_now(), maildir_batch_size(run->batch, b)};
         enum tern_status st = state_pop3_put(t, run->a->name, m->key, strlen(m->key), &r, err);
         if (st)
             return st;
@@ -458,7 +447,7 @@ pop_download(struct pop_run *run)
             for (size_t b = 0; !st && b < run->nbatch; b++) {
                 struct pop_msg *m = &run->m[run->batch_msgs[b]];
                 m->known = true;
-                m->downloaded_at = pop_now();
+                m->downloaded_at = sess_now();
                 run->downloaded++;
             }
         }
@@ -581,7 +570,7 @@ pop_delete(struct pop_run *run)
 {
     struct tern_session *s = run->s;
     const struct tern_account *a = run->a;
-    int64_t now = pop_now();
+    int64_t now = sess_now();
     struct pop_wait *waits = calloc(run->n ? run->n : 1, sizeof(*waits));
     if (!waits)
         return TERN_E_NOMEM;

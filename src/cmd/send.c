@@ -420,6 +420,16 @@ save_sent(struct tern_session *s, int fd)
 
 /* ---- sending one queued message ---- */
 
+/* Seconds to wait after ATTEMPTS failed attempts: 1, 2, 4 ... 60 minutes. */
+static int64_t
+backoff(uint32_t attempts)
+{
+    int64_t delay = 60;
+    for (uint32_t i = 0; i < attempts && delay < 3600; i++)
+        delay *= 2;
+    return delay < 3600 ? delay : 3600;
+}
+
 struct flush_run {
     struct tern_session *s;
     struct outbox *o;
@@ -522,11 +532,9 @@ flush_one(struct flush_run *fr, const char *id, uint32_t attempts)
         st = TERN_OK;
     } else {
         /* 4xx, no reply, a dropped connection: stays queued, backing off. */
-        int64_t delay = 60;
-        for (uint32_t i = 0; i < attempts && delay < 3600; i++)
-            delay *= 2;
         char *msg = strdup(tern_err_msg(&s->err));
-        outbox_set(fr->o, id, STATE_OUTBOX_QUEUED, attempts + 1, time(NULL) + delay, msg, NULL);
+        outbox_set(fr->o, id, STATE_OUTBOX_QUEUED, attempts + 1, sess_now() + backoff(attempts),
+                   msg, NULL);
         emit_result(s, id, mid, "queued", msg, &w.rcpts);
         free(msg);
         fr->kept++;
@@ -627,7 +635,7 @@ flush_run(struct tern_session *s, struct outbox *o, const char *only, bool now)
         struct flush_item *it = &l.v[i];
         if (it->status == STATE_OUTBOX_FAILED || (only && strcmp(it->id, only) != 0))
             continue;
-        if (!now && it->status == STATE_OUTBOX_QUEUED && it->next_attempt > time(NULL)) {
+        if (!now && it->status == STATE_OUTBOX_QUEUED && it->next_attempt > sess_now()) {
             struct json j;
             sess_obj_begin(s, &j);
             json_obj(&j);
@@ -641,10 +649,23 @@ flush_run(struct tern_session *s, struct outbox *o, const char *only, bool now)
             st = sess_obj_emit(s, &j);
             continue;
         }
-        if (!fr.c)
+        if (!fr.c) {
             st = smtp_connect(s, &fr.c);
-        if (!st)
-            st = flush_one(&fr, it->id, it->attempts);
+            if (st) {
+                /* Why the rest stays queued: recorded on each of them. */
+                char *why = strdup(tern_err_msg(&s->err));
+                for (size_t k = i; k < l.n; k++) {
+                    struct flush_item *q = &l.v[k];
+                    if (q->status == STATE_OUTBOX_FAILED || (only && strcmp(q->id, only) != 0))
+                        continue;
+                    outbox_set(o, q->id, STATE_OUTBOX_QUEUED, q->attempts + 1,
+                               sess_now() + backoff(q->attempts), why, NULL);
+                }
+                free(why);
+                break;
+            }
+        }
+        st = flush_one(&fr, it->id, it->attempts);
     }
     if (fr.c && !smtp_is_dead(fr.c)) {
         struct smtp_wait w = {0};
