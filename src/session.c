@@ -6,6 +6,7 @@
  */
 #include "session.h"
 
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -213,6 +214,20 @@ tern_session_set_trace(struct tern_session *s, tern_trace_fn fn, void *aux)
 {
     s->trace = fn;
     s->trace_aux = aux;
+}
+
+void
+sess_test_step(const char *what)
+{
+    static long count;
+    static long kill_at = -1;
+    (void)what;
+    if (kill_at < 0) {
+        const char *v = getenv("TERN_TEST_KILL_AT");
+        kill_at = v && *v ? strtol(v, NULL, 10) : 0;
+    }
+    if (kill_at > 0 && ++count == kill_at)
+        raise(SIGKILL);
 }
 
 int64_t

@@ -72,6 +72,13 @@ struct sess_op {
  * time-dependent rules (pop3_keep_days, the outbox's back-off). */
 int64_t sess_now(void);
 
+/*
+ * A durable step of a journaled operation (pop, the outbox). With
+ * TERN_TEST_KILL_AT=N the process kills itself with SIGKILL at the Nth
+ * step, so that tests can interrupt every step.
+ */
+void sess_test_step(const char *what);
+
 /* The protocol trace hook for engines (AUX is the session). */
 void sess_trace(void *aux, bool sent, const char *line, size_t len);
 

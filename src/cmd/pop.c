@@ -22,7 +22,6 @@
  * from a hash of the message content (and the result says so).
  */
 #include <errno.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,25 +43,6 @@
 /* A batch is this many messages: one sync and two LMDB commits each. */
 #define POP_BATCH_MESSAGES 200
 #define POP_KEY_MAX 70
-
-/*
- * TERN_TEST_KILL_AT=N kills the process with SIGKILL at the Nth step of
- * the sequence above, so tests can check every interruption.
- */
-static void
-pop_step(const char *what)
-{
-    static long count;
-    static long kill_at = -1;
-    if (kill_at < 0) {
-        const char *v = getenv("TERN_TEST_KILL_AT");
-        kill_at = v && *v ? strtol(v, NULL, 10) : 0;
-    }
-    count++;
-    (void)what;
-    if (kill_at > 0 && count == kill_at)
-        raise(SIGKILL);
-}
 
 struct pop_msg {
     uint32_t msgno;
@@ -434,16 +414,16 @@ pop_download(struct pop_run *run)
             if (!st)
                 st = wst;
         }
-        pop_step("retrieved");
+        sess_test_step("retrieved");
         if (!st && run->nbatch) {
             st = state_write(run->db, pop_record_pending, run, &s->err);
-            pop_step("pending recorded");
+            sess_test_step("pending recorded");
             if (!st)
                 st = maildir_batch_commit(run->batch, &s->err);
-            pop_step("stored");
+            sess_test_step("stored");
             if (!st)
                 st = state_write(run->db, pop_record_stored, run, &s->err);
-            pop_step("stored recorded");
+            sess_test_step("stored recorded");
             for (size_t b = 0; !st && b < run->nbatch; b++) {
                 struct pop_msg *m = &run->m[run->batch_msgs[b]];
                 m->known = true;
@@ -597,7 +577,7 @@ pop_delete(struct pop_run *run)
     }
     free(waits);
     if (sent)
-        pop_step("deleted");
+        sess_test_step("deleted");
     return st;
 }
 
@@ -684,7 +664,7 @@ cmd_pop(struct tern_session *s, const struct cmd_words *w, const char *line)
         st = pop3_quit(run.c, pop_on_done, &qw);
         if (!st)
             st = pop_wait(s, &qw);
-        pop_step("quit");
+        sess_test_step("quit");
         if (!st)
             for (size_t i = 0; i < run.n; i++)
                 run.deleted += run.m[i].dele;

@@ -135,7 +135,11 @@ outbox_queue(struct tern_session *s, struct outbox *o, outbox_writer write, void
         maildir_batch_abort(b);
     maildir_batch_free(b);
     if (!st)
+        sess_test_step("outbox file stored");
+    if (!st)
         st = outbox_set(o, *id, STATE_OUTBOX_QUEUED, 0, 0, NULL, &s->err);
+    if (!st)
+        sess_test_step("queued recorded");
     return st;
 }
 
@@ -420,6 +424,25 @@ save_sent(struct tern_session *s, int fd)
 
 /* ---- sending one queued message ---- */
 
+/* Whether the file holds bytes over 127 (read from its start). */
+static bool
+has_8bit(int fd)
+{
+    char buf[65536];
+    if (lseek(fd, 0, SEEK_SET) < 0)
+        return false;
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return false;
+        for (ssize_t i = 0; i < n; i++)
+            if ((unsigned char)buf[i] >= 0x80)
+                return true;
+    }
+}
+
 /* Seconds to wait after ATTEMPTS failed attempts: 1, 2, 4 ... 60 minutes. */
 static int64_t
 backoff(uint32_t attempts)
@@ -493,6 +516,8 @@ flush_one(struct flush_run *fr, const char *id, uint32_t attempts)
         return TERN_OK;
     }
     st = outbox_set(fr->o, id, STATE_OUTBOX_SENDING, attempts + 1, 0, NULL, &s->err);
+    if (!st)
+        sess_test_step("sending recorded");
     struct stat sb;
     struct smtp_envelope env = {.from = from, .rcpts = (const char *const *)rcpts, .nrcpt = nrcpt};
     if (fstat(fd, &sb) == 0)
@@ -504,6 +529,10 @@ flush_one(struct flush_run *fr, const char *id, uint32_t attempts)
         st = TERN_E_IO;
     /* 8-bit bytes anywhere: BODY=8BITMIME (RFC 6152). */
     env.flags = 0;
+    if (!st && has_8bit(fd))
+        env.flags |= SMTP_ENV_8BIT;
+    if (!st && lseek(fd, 0, SEEK_SET) < 0)
+        st = TERN_E_IO;
     struct smtp_wait w = {0};
     tbuf_init(&w.text, 0);
     tbuf_init(&w.rcpts, 0);
@@ -516,9 +545,13 @@ flush_one(struct flush_run *fr, const char *id, uint32_t attempts)
         st = w.st;
     if (!st) {
         /* Taken: copy to Sent, then leave the outbox. */
+        sess_test_step("accepted");
         enum tern_status sst = save_sent(s, fd);
+        sess_test_step("sent copy saved");
         struct outbox_put p = {id, {0}};
         st = state_write(fr->o->db, outbox_del_fn, &p, &s->err);
+        if (!st)
+            sess_test_step("record removed");
         if (!st)
             st = maildir_msg_delete(fr->o->md, id, &s->err);
         if (!st) {
