@@ -109,11 +109,13 @@ class Result:
 
     @property
     def errors(self):
-        return [o["error"] for o in self.objects if "error" in o]
+        """The error objects: {"error": {...}} (a result object may carry an "error"
+        string of its own, such as why a message stays in the outbox)."""
+        return [o["error"] for o in self.objects if isinstance(o.get("error"), dict)]
 
     @property
     def results(self):
-        return [o for o in self.objects if "error" not in o]
+        return [o for o in self.objects if not isinstance(o.get("error"), dict)]
 
     def describe(self):
         out = self.stdout.decode("utf-8", "replace")
