@@ -11,6 +11,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -243,6 +245,13 @@ net_on_connected(struct net_conn *c)
     }
     loop_timer_cancel(c->timer);
     c->timer = NULL;
+    /*
+     * Commands are small and pipelined: Nagle's algorithm would hold each
+     * write back until the previous one is acknowledged (40 ms per message
+     * with delayed ACKs, e.g. an SMTP body and its final ".").
+     */
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     c->state = NET_ST_OPEN;
     net_update_events(c);
     c->fn(c->aux, NET_EV_CONNECTED, TERN_OK);

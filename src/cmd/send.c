@@ -479,7 +479,8 @@ emit_result(struct tern_session *s, const char *id, const char *mid, const char 
     json_key(&j, "message_id");
     json_cstr(&j, mid);
     if (error) {
-        json_key(&j, "error");
+        /* Not "error": that key means a failed command in headless output. */
+        json_key(&j, strcmp(state, "sent") == 0 ? "sent_copy_error" : "last_error");
         json_net_str(&j, error, strlen(error), false);
     }
     if (refused && tbuf_len(refused) > 2) {
