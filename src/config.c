@@ -80,6 +80,7 @@ enum config_key {
     CONFIG_KEY_POP3_FOLDER,
     CONFIG_KEY_POP3_KEEP,
     CONFIG_KEY_POP3_KEEP_DAYS,
+    CONFIG_KEY_DSN_NOTIFY,
     CONFIG_KEY_COUNT
 };
 
@@ -101,6 +102,7 @@ static const char *const config_key_names[CONFIG_KEY_COUNT] = {
     [CONFIG_KEY_POP3_FOLDER] = "pop3_folder",
     [CONFIG_KEY_POP3_KEEP] = "pop3_keep",
     [CONFIG_KEY_POP3_KEEP_DAYS] = "pop3_keep_days",
+    [CONFIG_KEY_DSN_NOTIFY] = "dsn_notify",
 };
 
 /*
@@ -1002,6 +1004,38 @@ config_on_pair(void *user, const char *section, const char *name, const char *va
         if (!ok || days < 1 || days > 36500)
             return bad_value(ps, key, value, "a number of days from 1 to 36500");
         a->pop3_keep_days = (int)days;
+        return 1;
+    }
+    case CONFIG_KEY_DSN_NOTIFY: {
+        /* RFC 3461 §4.1: NEVER, or any of SUCCESS, FAILURE, DELAY. */
+        static const struct {
+            const char *word;
+            unsigned bit;
+        } words[] = {{"never", CONFIG_DSN_NEVER},
+                     {"success", CONFIG_DSN_SUCCESS},
+                     {"failure", CONFIG_DSN_FAILURE},
+                     {"delay", CONFIG_DSN_DELAY}};
+        unsigned bits = 0;
+        const char *p = value;
+        while (*p) {
+            size_t n = strcspn(p, ",");
+            bool found = false;
+            for (size_t k = 0; k < sizeof(words) / sizeof(words[0]); k++) {
+                if (strlen(words[k].word) == n && strncmp(p, words[k].word, n) == 0) {
+                    bits |= words[k].bit;
+                    found = true;
+                }
+            }
+            if (!found)
+                bits = ~0u;
+            p += n;
+            if (*p == ',')
+                p++;
+        }
+        if (!bits || bits == ~0u || ((bits & CONFIG_DSN_NEVER) && bits != CONFIG_DSN_NEVER))
+            return bad_value(ps, key, value,
+                             "never, or a comma-separated list of success, failure and delay");
+        a->dsn_notify = bits;
         return 1;
     }
     case CONFIG_KEY_COUNT: break;

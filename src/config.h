@@ -28,6 +28,12 @@ struct tern_url {
 
 enum tern_offline_mode { TERN_OFFLINE_FULL = 0, TERN_OFFLINE_HEADERS, TERN_OFFLINE_NONE };
 
+/* Bits of dsn_notify. */
+#define CONFIG_DSN_NEVER 0x1u
+#define CONFIG_DSN_SUCCESS 0x2u
+#define CONFIG_DSN_FAILURE 0x4u
+#define CONFIG_DSN_DELAY 0x8u
+
 struct tern_account {
     char *name;
     char *from;
@@ -42,12 +48,13 @@ struct tern_account {
     char *tls_ca_file;
     char *cache_dir; /* expanded (~ and $XDG_DATA_HOME) */
     enum tern_offline_mode offline;
-    char *sent_folder;  /* NULL: the SPECIAL-USE \Sent folder */
-    int timeout;        /* seconds for connect/read; default 30 */
-    bool compress;      /* COMPRESS=DEFLATE when the server offers it */
-    char *pop3_folder;  /* local folder for POP3 mail; NULL: "Inbox" */
-    bool pop3_keep;     /* leave messages on the POP3 server */
-    int pop3_keep_days; /* with pop3_keep: delete after N days; 0: never */
+    char *sent_folder;   /* NULL: the SPECIAL-USE \Sent folder */
+    int timeout;         /* seconds for connect/read; default 30 */
+    bool compress;       /* COMPRESS=DEFLATE when the server offers it */
+    char *pop3_folder;   /* local folder for POP3 mail; NULL: "Inbox" */
+    unsigned dsn_notify; /* DSN requests (RFC 3461): CONFIG_DSN_* bits; 0: none asked */
+    bool pop3_keep;      /* leave messages on the POP3 server */
+    int pop3_keep_days;  /* with pop3_keep: delete after N days; 0: never */
     struct tern_account *next;
 };
 

@@ -528,6 +528,18 @@ flush_one(struct flush_run *fr, const char *id, uint32_t attempts)
     tbuf_init(&bf.pending, 0);
     if (!st && lseek(fd, 0, SEEK_SET) < 0)
         st = TERN_E_IO;
+    /* Delivery status notifications when configured (RFC 3461). */
+    static const struct {
+        unsigned config, smtp;
+    } dsn[] = {{CONFIG_DSN_NEVER, SMTP_DSN_NEVER},
+               {CONFIG_DSN_SUCCESS, SMTP_DSN_SUCCESS},
+               {CONFIG_DSN_FAILURE, SMTP_DSN_FAILURE},
+               {CONFIG_DSN_DELAY, SMTP_DSN_DELAY}};
+    for (size_t k = 0; k < sizeof(dsn) / sizeof(dsn[0]); k++)
+        if (s->acct->dsn_notify & dsn[k].config)
+            env.dsn_notify |= dsn[k].smtp;
+    if (env.dsn_notify)
+        env.dsn_ret = SMTP_DSN_RET_HDRS;
     /* 8-bit bytes anywhere: BODY=8BITMIME (RFC 6152). */
     env.flags = 0;
     if (!st && has_8bit(fd))

@@ -771,6 +771,17 @@ class FakeSmtpTest(FakeCase):
         self.assertEqual(srv.messages[1].rcpts, ["jürgen@bücher.example".encode().decode(
             "latin-1")])
 
+    def test_dsn_when_configured(self):
+        srv = self.serve(FakeSMTP, tls="server")
+        plain = self.config(self.account(srv))
+        self.assertOk(self.send(plain, smtp_file("nodsn@x")))
+        self.assertNotIn("RET", srv.messages[0].mail_params)
+        cfg = self.config(dict(self.account(srv), dsn_notify="failure,delay"))
+        self.assertOk(self.send(cfg, smtp_file("dsn@x")))
+        self.assertEqual(srv.messages[1].mail_params.get("RET"), "HDRS")
+        rcpt = [c for c in srv.commands() if c.name == "RCPT"][-1]
+        self.assertIn("NOTIFY=FAILURE,DELAY", rcpt.text.upper())
+
     def test_utf8_address_without_smtputf8_is_refused(self):
         srv = self.serve(FakeSMTP, tls="server",
                          ehlo_tls=["PIPELINING", "8BITMIME", "AUTH PLAIN LOGIN"])

@@ -893,6 +893,13 @@ test_compress_and_pop3_keys(void **state)
     assert_parse_error("[account a]\nimap = imaps://a@h\npop3_keep_days = 0\n",
                        "t.conf:3: bad value '0' for key 'pop3_keep_days' in [account a] "
                        "(expected a number of days from 1 to 36500)");
+    cfg = parse_ok("[account a]\nimap = imaps://a@h\ndsn_notify = failure,delay\n");
+    assert_int_equal(cfg->accounts->dsn_notify, CONFIG_DSN_FAILURE | CONFIG_DSN_DELAY);
+    tern_config_free(cfg);
+    assert_parse_error("[account a]\nimap = imaps://a@h\ndsn_notify = never,success\n",
+                       "t.conf:3: bad value 'never,success' for key 'dsn_notify' in [account a] "
+                       "(expected never, or a comma-separated list of success, failure and "
+                       "delay)");
     assert_parse_error("[account a]\nimap = imaps://a@h\npop3_folder = ../x\n",
                        "t.conf:3: bad value '../x' for key 'pop3_folder' in [account a] "
                        "(expected a folder name, without '..' or a leading '/')");
