@@ -779,7 +779,8 @@ finish_prefixed(struct parser *ps, struct qnode *nd)
                             "%s: needs a value in " CLIP_FMT ": prefix:(...) groups are not "
                             "supported (write %s:a %s:b)",
                             nd->prefix, CLIP_ARG(c), nd->prefix, nd->prefix);
-    if (len == 0)
+    /* "<>" is an empty Message-ID once its brackets are taken off. */
+    if (len == 0 || (nd->field == QF_ID && !nd->regex && len == 2 && v[0] == '<' && v[1] == '>'))
         return tern_err_set(ps->err, TERN_E_USAGE, "%s: needs a value in " CLIP_FMT, nd->prefix,
                             CLIP_ARG(c));
     switch (nd->field) {

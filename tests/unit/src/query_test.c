@@ -384,6 +384,8 @@ test_dates(void **state)
     /* A range that ends before it starts matches nothing, on both engines. */
     check_imap("date:2024..2023", "SENTSINCE 1-Jan-2024 SENTBEFORE 1-Jan-2024");
 
+    /* Found by the fuzzer: "<>" is an empty Message-ID, which notmuch rejects. */
+    check_parse_err("id:<>", "id: needs a value");
     check_parse_err("date:2024-02-30", "date:2024-02-30");
     check_parse_err("date:2023-02-29", "date:2023-02-29");
     check_parse_err("date:2024-13", "date:2024-13");
