@@ -248,38 +248,60 @@ sess_trace(void *aux, bool sent, const char *line, size_t len)
 }
 
 /* The connection options of the account; *O borrows from the session. */
+enum tern_status
+sess_conn_opts(struct tern_session *s, const struct tern_url *url, bool need_secret,
+               struct sess_conn *out)
+{
+    const struct tern_account *a = s->acct;
+    memset(out, 0, sizeof(*out));
+    if (url->implicit_tls && a->tls == TERN_TLS_OFF)
+        return sess_fail(s, TERN_E_CONFIG,
+                         "account %s: tls = off applies only to imap://, pop3:// and smtp:// "
+                         "URLs, not %s://",
+                         a->name, url->scheme);
+    out->security = url->implicit_tls        ? SESS_SEC_IMPLICIT
+                    : a->tls == TERN_TLS_OFF ? SESS_SEC_NONE
+                                             : SESS_SEC_STARTTLS;
+    out->verify = a->tls == TERN_TLS_FINGERPRINT ? NET_VERIFY_FINGERPRINT : NET_VERIFY_CHAIN;
+    memcpy(out->fingerprint, a->fingerprint, sizeof(out->fingerprint));
+    out->ca_file = a->tls_ca_file;
+    out->user = url->user ? url->user : "";
+    if (!sasl_mech_parse(a->auth, &out->mech))
+        return sess_fail(s, TERN_E_CONFIG, "account %s: unknown auth mechanism '%s'", a->name,
+                         a->auth);
+    out->timeout_ms = (a->timeout > 0 ? a->timeout : 30) * 1000;
+    if (need_secret && !s->secret) {
+        enum tern_status st = account_password(a, &s->secret, &s->err);
+        if (st)
+            return st;
+    }
+    out->secret = need_secret ? s->secret : NULL;
+    return TERN_OK;
+}
+
 static enum tern_status
 sess_imap_opts(struct tern_session *s, struct imap_opts *o)
 {
     const struct tern_account *a = s->acct;
     if (!a->imap)
         return sess_fail(s, TERN_E_CONFIG, "account %s has no imap server configured", a->name);
-    if (!s->secret) {
-        enum tern_status st = account_password(a, &s->secret, &s->err);
-        if (st)
-            return st;
-    }
+    struct sess_conn c;
+    enum tern_status st = sess_conn_opts(s, a->imap, true, &c);
+    if (st)
+        return st;
     memset(o, 0, sizeof(*o));
     o->host = a->imap->host;
     o->port = a->imap->port;
-    if (a->imap->implicit_tls) {
-        if (a->tls == TERN_TLS_OFF)
-            return sess_fail(s, TERN_E_CONFIG,
-                             "account %s: tls = off applies only to imap:// URLs, not imaps://",
-                             a->name);
-        o->security = IMAP_SEC_IMPLICIT_TLS;
-    } else {
-        o->security = a->tls == TERN_TLS_OFF ? IMAP_SEC_NONE : IMAP_SEC_STARTTLS;
-    }
-    o->verify = a->tls == TERN_TLS_FINGERPRINT ? NET_VERIFY_FINGERPRINT : NET_VERIFY_CHAIN;
-    memcpy(o->fingerprint, a->fingerprint, sizeof(o->fingerprint));
-    o->ca_file = a->tls_ca_file;
-    o->user = a->imap->user ? a->imap->user : "";
-    o->secret = s->secret;
-    if (!sasl_mech_parse(a->auth, &o->mech))
-        return sess_fail(s, TERN_E_CONFIG, "account %s: unknown auth mechanism '%s'", a->name,
-                         a->auth);
-    o->timeout_ms = (a->timeout > 0 ? a->timeout : 30) * 1000;
+    o->security = c.security == SESS_SEC_IMPLICIT ? IMAP_SEC_IMPLICIT_TLS
+                  : c.security == SESS_SEC_NONE   ? IMAP_SEC_NONE
+                                                  : IMAP_SEC_STARTTLS;
+    o->verify = c.verify;
+    memcpy(o->fingerprint, c.fingerprint, sizeof(o->fingerprint));
+    o->ca_file = c.ca_file;
+    o->user = c.user;
+    o->secret = c.secret;
+    o->mech = c.mech;
+    o->timeout_ms = c.timeout_ms;
     o->compress = a->compress;
     imap_limits_default(&o->limits);
     if (s->trace) {

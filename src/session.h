@@ -82,6 +82,28 @@ void sess_test_step(const char *what);
 /* The protocol trace hook for engines (AUX is the session). */
 void sess_trace(void *aux, bool sent, const char *line, size_t len);
 
+/*
+ * What every engine's options take from the account, for the server at URL:
+ * whether TLS is implicit, off (cleartext allowed) or required by STARTTLS,
+ * verification, credentials (the password is obtained once per session,
+ * only when NEED_SECRET), SASL mechanism and timeout.
+ */
+enum sess_security { SESS_SEC_IMPLICIT, SESS_SEC_STARTTLS, SESS_SEC_NONE };
+
+struct sess_conn {
+    enum sess_security security;
+    enum net_verify verify;
+    unsigned char fingerprint[32];
+    const char *ca_file; /* borrowed from the config */
+    const char *user;    /* "" when the URL has none */
+    const char *secret;  /* borrowed from the session; NULL when not needed */
+    enum sasl_mech mech;
+    int timeout_ms;
+};
+
+enum tern_status sess_conn_opts(struct tern_session *s, const struct tern_url *url,
+                                bool need_secret, struct sess_conn *out);
+
 /* Connects and logs in when not yet connected (or after a failure). */
 enum tern_status sess_imap(struct tern_session *s);
 

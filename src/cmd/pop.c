@@ -446,33 +446,30 @@ pop_connect(struct pop_run *run)
 {
     struct tern_session *s = run->s;
     const struct tern_account *a = run->a;
-    if (!s->secret) {
-        enum tern_status st = account_password(a, &s->secret, &s->err);
-        if (st)
-            return st;
-    }
+    struct sess_conn c;
+    enum tern_status st = sess_conn_opts(s, a->pop3, true, &c);
+    if (st)
+        return st;
     struct pop3_opts o;
     memset(&o, 0, sizeof(o));
     o.host = a->pop3->host;
     o.port = a->pop3->port;
-    o.security = a->pop3->implicit_tls    ? POP3_SEC_IMPLICIT_TLS
-                 : a->tls == TERN_TLS_OFF ? POP3_SEC_NONE
-                                          : POP3_SEC_STLS;
-    o.verify = a->tls == TERN_TLS_FINGERPRINT ? NET_VERIFY_FINGERPRINT : NET_VERIFY_CHAIN;
-    memcpy(o.fingerprint, a->fingerprint, sizeof(o.fingerprint));
-    o.ca_file = a->tls_ca_file;
-    o.user = a->pop3->user ? a->pop3->user : "";
-    o.secret = s->secret;
-    if (!sasl_mech_parse(a->auth, &o.mech))
-        return sess_fail(s, TERN_E_CONFIG, "account %s: unknown auth mechanism '%s'", a->name,
-                         a->auth);
-    o.timeout_ms = (a->timeout > 0 ? a->timeout : 30) * 1000;
+    o.security = c.security == SESS_SEC_IMPLICIT ? POP3_SEC_IMPLICIT_TLS
+                 : c.security == SESS_SEC_NONE   ? POP3_SEC_NONE
+                                                 : POP3_SEC_STLS;
+    o.verify = c.verify;
+    memcpy(o.fingerprint, c.fingerprint, sizeof(o.fingerprint));
+    o.ca_file = c.ca_file;
+    o.user = c.user;
+    o.secret = c.secret;
+    o.mech = c.mech;
+    o.timeout_ms = c.timeout_ms;
     pop3_limits_default(&o.limits);
     if (s->trace) {
         o.trace = sess_trace;
         o.trace_aux = s;
     }
-    enum tern_status st = pop3_new(s->loop, &o, &s->err, &run->c);
+    st = pop3_new(s->loop, &o, &s->err, &run->c);
     struct pop_wait w = {0};
     if (!st)
         st = pop3_open(run->c, pop_on_done, &w);

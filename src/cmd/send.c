@@ -288,34 +288,30 @@ smtp_connect(struct tern_session *s, struct smtp_conn **out)
     if (!a->smtp)
         return sess_fail(s, TERN_E_CONFIG, "account %s has no smtp server configured", a->name);
     /* A URL without a user name means no AUTH, and no password. */
-    if (a->smtp->user && !s->secret) {
-        enum tern_status st = account_password(a, &s->secret, &s->err);
-        if (st)
-            return st;
-    }
+    struct sess_conn c;
+    enum tern_status st = sess_conn_opts(s, a->smtp, a->smtp->user != NULL, &c);
+    if (st)
+        return st;
     struct smtp_opts o;
     memset(&o, 0, sizeof(o));
     o.host = a->smtp->host;
     o.port = a->smtp->port;
-    o.security = a->smtp->implicit_tls    ? SMTP_SEC_IMPLICIT_TLS
-                 : a->tls == TERN_TLS_OFF ? SMTP_SEC_NONE
-                                          : SMTP_SEC_STARTTLS;
-    o.verify = a->tls == TERN_TLS_FINGERPRINT ? NET_VERIFY_FINGERPRINT : NET_VERIFY_CHAIN;
-    memcpy(o.fingerprint, a->fingerprint, sizeof(o.fingerprint));
-    o.ca_file = a->tls_ca_file;
+    o.security = c.security == SESS_SEC_IMPLICIT ? SMTP_SEC_IMPLICIT_TLS
+                 : c.security == SESS_SEC_NONE   ? SMTP_SEC_NONE
+                                                 : SMTP_SEC_STARTTLS;
+    o.verify = c.verify;
+    memcpy(o.fingerprint, c.fingerprint, sizeof(o.fingerprint));
+    o.ca_file = c.ca_file;
     o.user = a->smtp->user;
-    o.secret = s->secret;
-    if (!sasl_mech_parse(a->auth, &o.mech))
-        return sess_fail(s, TERN_E_CONFIG, "account %s: unknown auth mechanism '%s'", a->name,
-                         a->auth);
-    /* RFC 5321 §4.5.3.2.6 suggests 10 minutes for the reply to ".". */
-    o.timeout_ms = (a->timeout > 0 ? a->timeout : 30) * 1000;
+    o.secret = c.secret;
+    o.mech = c.mech;
+    o.timeout_ms = c.timeout_ms;
     smtp_limits_default(&o.limits);
     if (s->trace) {
         o.trace = sess_trace;
         o.trace_aux = s;
     }
-    enum tern_status st = smtp_new(s->loop, &o, &s->err, out);
+    st = smtp_new(s->loop, &o, &s->err, out);
     struct smtp_wait w = {0};
     if (!st)
         st = smtp_open(*out, on_smtp_done, &w);
