@@ -1365,6 +1365,15 @@ pop3_submit(struct pop3_conn *c, enum pop3_cmd_kind kind, uint32_t msgno, struct
     return TERN_OK;
 }
 
+/* Hands CMD (with its callback's AUX) to the queue and sends what can go. */
+static void
+pop3_queue(struct pop3_conn *c, struct pop3_cmd *cmd, void *aux)
+{
+    cmd->aux = aux;
+    pop3_enqueue(c, cmd);
+    pop3_pump(c);
+}
+
 static enum tern_status
 pop3_submit_done(struct pop3_conn *c, enum pop3_cmd_kind kind, uint32_t msgno, pop3_done_fn done,
                  void *aux)
@@ -1376,9 +1385,7 @@ pop3_submit_done(struct pop3_conn *c, enum pop3_cmd_kind kind, uint32_t msgno, p
     if (st)
         return st;
     cmd->done = done;
-    cmd->aux = aux;
-    pop3_enqueue(c, cmd);
-    pop3_pump(c);
+    pop3_queue(c, cmd, aux);
     return TERN_OK;
 }
 
@@ -1392,9 +1399,7 @@ pop3_stat(struct pop3_conn *c, pop3_stat_fn done, void *aux)
     if (st)
         return st;
     cmd->on_stat = done;
-    cmd->aux = aux;
-    pop3_enqueue(c, cmd);
-    pop3_pump(c);
+    pop3_queue(c, cmd, aux);
     return TERN_OK;
 }
 
@@ -1408,9 +1413,7 @@ pop3_list(struct pop3_conn *c, pop3_list_fn done, void *aux)
     if (st)
         return st;
     cmd->on_list = done;
-    cmd->aux = aux;
-    pop3_enqueue(c, cmd);
-    pop3_pump(c);
+    pop3_queue(c, cmd, aux);
     return TERN_OK;
 }
 
@@ -1424,9 +1427,7 @@ pop3_uidl(struct pop3_conn *c, pop3_uidl_fn done, void *aux)
     if (st)
         return st;
     cmd->on_uidl = done;
-    cmd->aux = aux;
-    pop3_enqueue(c, cmd);
-    pop3_pump(c);
+    pop3_queue(c, cmd, aux);
     return TERN_OK;
 }
 
@@ -1442,9 +1443,7 @@ pop3_retr(struct pop3_conn *c, uint32_t msgno, const struct pop3_sink *sink, pop
         return st;
     cmd->sink = *sink;
     cmd->done = done;
-    cmd->aux = aux;
-    pop3_enqueue(c, cmd);
-    pop3_pump(c);
+    pop3_queue(c, cmd, aux);
     return TERN_OK;
 }
 
