@@ -51,6 +51,8 @@
 
 #include "tbuf.h"
 
+#include "text.h"
+
 /* The longest line accepted, without its line ending. */
 #define CONFIG_LINE_MAX (64 * 1024)
 /* The largest config file accepted. */
@@ -230,44 +232,6 @@ hex_value(char c)
     if (c >= 'A' && c <= 'F')
         return c - 'A' + 10;
     return -1;
-}
-
-/*
- * Returns the length of the valid UTF-8 sequence at P (at most LEN bytes),
- * or 0 when it is invalid: overlong forms, surrogates and code points past
- * U+10FFFF are refused (RFC 3629 §4).
- */
-static size_t
-utf8_seq_len(const unsigned char *p, size_t len)
-{
-    unsigned char c = p[0];
-    size_t n;
-    unsigned int cp;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) {
-        n = 2;
-        cp = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        n = 3;
-        cp = c & 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        n = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (len < n)
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3f);
-    }
-    if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return n;
 }
 
 /*
@@ -1057,7 +1021,7 @@ config_check_bytes(struct config_parser *ps, const char *p, size_t len)
         if ((c < 0x20 && c != '\t') || c == 0x7f)
             return config_fail(ps, TERN_E_CONFIG, ps->lineno,
                                "control character 0x%02x in the line", c);
-        size_t n = utf8_seq_len((const unsigned char *)p + i, len - i);
+        size_t n = text_utf8_seq(p + i, len - i);
         if (n == 0)
             return config_fail(ps, TERN_E_CONFIG, ps->lineno, "invalid UTF-8 in the line");
         i += n;

@@ -82,40 +82,6 @@ json_arr_end(struct json *j)
     json_close(j, ']');
 }
 
-/* Length of the valid UTF-8 sequence at P (1-4), or 0 when invalid. */
-static size_t
-utf8_seq(const unsigned char *p, size_t n)
-{
-    unsigned char c = p[0];
-    size_t len;
-    uint32_t cp;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) {
-        len = 2;
-        cp = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        cp = c & 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (p[i] & 0x3f);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0;
-    return len;
-}
-
 void
 json_str(struct json *j, const char *s, size_t len)
 {
@@ -131,7 +97,7 @@ json_str(struct json *j, const char *s, size_t len)
             i++;
             continue;
         }
-        size_t seq = c >= 0x80 ? utf8_seq(p + i, len - i) : 0;
+        size_t seq = c >= 0x80 ? text_utf8_seq(s + i, len - i) : 0;
         if (seq) {
             i += seq;
             continue;

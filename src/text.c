@@ -87,6 +87,16 @@ utf8_next(const unsigned char *p, size_t len, uint32_t *cp)
     return need + 1;
 }
 
+size_t
+text_utf8_seq(const char *p, size_t len)
+{
+    uint32_t cp;
+    if (!len)
+        return 0;
+    size_t n = utf8_next((const unsigned char *)p, len, &cp);
+    return cp == UTF8_BAD ? 0 : n;
+}
+
 bool
 text_valid_utf8(const char *s, size_t len)
 {

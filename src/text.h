@@ -26,6 +26,13 @@
  */
 char *text_sanitize(const char *s, size_t len, bool multiline);
 
+/*
+ * The length (1-4) of the valid UTF-8 sequence at P (at most LEN bytes), or
+ * 0 when it is invalid: overlong forms, surrogates and code points past
+ * U+10FFFF are refused (RFC 3629 §4).
+ */
+size_t text_utf8_seq(const char *p, size_t len);
+
 /* True when LEN bytes of S are valid UTF-8 (no overlongs, no surrogates). */
 bool text_valid_utf8(const char *s, size_t len);
 
