@@ -1510,7 +1510,9 @@ nm_words(struct tbuf *b, const char *v, size_t len, bool slash_is_regex, const c
     if (!st && tbuf_len(&n) == 0) {
         *why = "it has no words in it";
         st = TERN_E_UNSUPPORTED;
-    } else if (!st && slash_is_regex && tbuf_ptr(&n)[0] == '/') {
+    } else if (!st && ((slash_is_regex && tbuf_ptr(&n)[0] == '/') ||
+                       (is_regex(tbuf_ptr(&n), tbuf_len(&n)) && !is_regex(v, len)))) {
+        /* Dropping controls can turn "/x/\x17" into a "/x/" regular expression. */
         *why = "it reads a value that starts with \"/\" as a regular expression";
         st = TERN_E_UNSUPPORTED;
     }

@@ -739,6 +739,8 @@ test_notmuch(void **state)
 static void
 test_notmuch_unsupported(void **state)
 {
+    /* Found by the fuzzer: without its control character "/:/" would read as a regex. */
+    check_nm_err("to:/:/\x17", TERN_E_UNSUPPORTED, "regular expression");
     check_nm_err("larger:1M", TERN_E_UNSUPPORTED, "larger:1M");
     check_nm_err("smaller:10k", TERN_E_UNSUPPORTED, "smaller:10k");
     check_nm_err("a or (b smaller:1)", TERN_E_UNSUPPORTED, "smaller:1");
